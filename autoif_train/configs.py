@@ -1,0 +1,190 @@
+"""Configuration dataclasses for every training stage, and the one parser that reads recipes.
+
+Recipes are YAML files whose keys are the field names below (plus TRL's and transformers' own
+fields inherited through `SFTConfig` / `DPOConfig` / `ModelConfig`). Command-line flags override the
+YAML. An unknown key is an error that names the file, the key and the closest known field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+
+STAGES = ("sft", "dpo", "online_dpo")
+
+
+class RecipeError(ValueError):
+    """A recipe or its command-line overrides cannot be turned into a valid configuration."""
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on; shared by every stage.
+
+    Parameters:
+        stage: `sft` (TRL SFTTrainer on `messages`), `dpo` (TRL DPOTrainer on `prompt/chosen/rejected`)
+            or `online_dpo` (AutoIF iterative online DPO on prompts + verifiers).
+        dataset_path: a local JSONL/JSON/parquet file or folder, or a hub dataset id.
+        dataset_split: split to read when `dataset_path` is a hub id or a `datasets` folder.
+        eval_dataset_path: optional held-out data in the same format.
+        verifier_bundle: JSONL of `{"id", "code"}` verifiers that online-DPO prompt rows may reference by id.
+        max_train_samples: keep only the first N training rows (smoke runs).
+        accelerate_config: read by `launch.sh` only (which accelerate config to launch with).
+    """
+
+    stage: str = field(default="sft", metadata={"help": f"One of {', '.join(STAGES)}."})
+    dataset_path: str | None = field(default=None, metadata={"help": "Local file/folder or hub dataset id."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to read."})
+    eval_dataset_path: str | None = field(default=None, metadata={"help": "Optional held-out data."})
+    verifier_bundle: str | None = field(
+        default=None, metadata={"help": "JSONL of {id, code} verifiers that prompt rows may reference by id."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N rows."})
+    accelerate_config: str | None = field(
+        default=None, metadata={"help": "Read by launch.sh only: name under accelerate_configs/ or a path."}
+    )
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise RecipeError(f"stage must be one of {STAGES}, got {self.stage!r}")
+
+
+def _resolve_precision(config) -> None:
+    """bf16 on a CUDA GPU that supports it, fp32 elsewhere, unless the recipe set `bf16` explicitly."""
+    if config.bf16 is None:
+        import torch
+
+        config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+@dataclass
+class AutoIFSFTConfig(SFTConfig):
+    """TRL `SFTConfig` with AutoIF's defaults: loss on assistant tokens only (paper: lr 7e-6, 3 epochs)."""
+
+    assistant_only_loss: bool = field(default=True, metadata={"help": "Loss on assistant tokens only."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 training; unset = bf16 on GPU, fp32 on CPU."})
+
+    def __post_init__(self):
+        _resolve_precision(self)
+        super().__post_init__()
+
+
+@dataclass
+class AutoIFDPOConfig(DPOConfig):
+    """TRL `DPOConfig` with the paper's DPO settings as defaults (sigmoid loss, beta 0.3)."""
+
+    beta: float = field(default=0.3, metadata={"help": "DPO beta (paper: 0.3)."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 training; unset = bf16 on GPU, fp32 on CPU."})
+
+    def __post_init__(self):
+        _resolve_precision(self)
+        super().__post_init__()
+
+
+@dataclass
+class OnlineDPOConfig(AutoIFDPOConfig):
+    """AutoIF iterative online DPO: sample K responses per prompt, score with verifiers, build pairs, train.
+
+    Pair rule (AutoIF): chosen = pass rate >= `chosen_threshold`, rejected = pass rate <= `rejected_threshold`
+    (default 0, i.e. == 0); at most `max_chosen` x `max_rejected` pairs per prompt.
+    """
+
+    num_rounds: int = field(default=3, metadata={"help": "Online rounds (stops early when prompts run out)."})
+    prompts_per_round: int = field(default=64, metadata={"help": "Training prompts consumed per round."})
+    num_samples: int = field(default=8, metadata={"help": "Responses sampled per prompt (K)."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Maximum tokens per sampled response."})
+    generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
+    chosen_threshold: float = field(default=0.5, metadata={"help": "Pass rate >= this is chosen."})
+    rejected_threshold: float = field(default=0.0, metadata={"help": "Pass rate <= this is rejected."})
+    max_chosen: int = field(default=2, metadata={"help": "At most this many chosen responses per prompt."})
+    max_rejected: int = field(default=2, metadata={"help": "At most this many rejected responses per prompt."})
+    epochs_per_round: float = field(default=1.0, metadata={"help": "DPO epochs over each round's pairs."})
+    verifier_workers: int = field(default=2, metadata={"help": "Sandboxed verifier worker processes."})
+    verifier_timeout: float = field(default=1.0, metadata={"help": "Seconds per verifier call."})
+    isolation: str = field(default="seccomp", metadata={"help": "seccomp | bwrap | none (unsafe)."})
+    use_vllm: bool = field(default=False, metadata={"help": "Sample with vLLM instead of transformers."})
+    vllm_mode: str = field(default="colocate", metadata={"help": "colocate | server."})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "vLLM memory share."})
+    vllm_server_base_url: str | None = field(default=None, metadata={"help": "trl vllm-serve URL (server mode)."})
+    vllm_server_timeout: float = field(default=240.0, metadata={"help": "Seconds to wait for the server."})
+    vllm_enforce_eager: bool = field(default=True, metadata={"help": "Skip graph compilation (CPU)."})
+    eval_every_round: bool = field(default=False, metadata={"help": "Held-out verifier pass rate each round."})
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": AutoIFSFTConfig, "dpo": AutoIFDPOConfig, "online_dpo": OnlineDPOConfig}
+
+
+def _known_fields(dataclass_types) -> list[str]:
+    return sorted({f.name for dc in dataclass_types for f in fields(dc)})
+
+
+def _read_recipe(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise RecipeError(f"recipe file not found: {path}")
+    with open(path) as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping of field names to values")
+    return data
+
+
+def check_keys(keys, dataclass_types, where: str) -> None:
+    """Raise `RecipeError` naming every key that no dataclass defines, with the closest field name."""
+    known = _known_fields(dataclass_types)
+    problems = []
+    for key in keys:
+        if key in known or key == "env" or (key.startswith("no_") and key[3:] in known):
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown key {key!r}{hint}")
+    if problems:
+        raise RecipeError(f"{where}: " + "; ".join(problems))
+
+
+def _stage_of(args: list[str], recipe: dict[str, Any]) -> str:
+    for i, arg in enumerate(args):
+        if arg == "--stage" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--stage="):
+            return arg.split("=", 1)[1]
+    return recipe.get("stage", "sft")
+
+
+def parse_train_args(args: list[str] | None = None):
+    """Parse `--config RECIPE.yaml [--field value ...]` into (ScriptArguments, stage config, ModelConfig).
+
+    The stage (from the recipe or `--stage`) picks the training config class. Unknown YAML keys and unknown
+    flags are errors that name the key.
+    """
+    args = list(sys.argv[1:] if args is None else args)
+    recipe: dict[str, Any] = {}
+    where = "command line"
+    if "--config" in args:
+        where = args[args.index("--config") + 1]
+        recipe = _read_recipe(where)
+    stage = _stage_of(args, recipe)
+    if stage not in STAGE_CONFIGS:
+        raise RecipeError(f"{where}: stage must be one of {STAGES}, got {stage!r}")
+    types = (ScriptArguments, STAGE_CONFIGS[stage], ModelConfig)
+    check_keys(recipe.keys(), types, where)
+    flags = [a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a != "--config"]
+    check_keys(flags, types, "command line")
+    parser = TrlParser(types)
+    return parser.parse_args_and_config(args)
+
+
+def parse_recipe(path: str, overrides: list[str] | None = None):
+    """Parse one recipe file (used by tests and tools that validate recipes without training)."""
+    return parse_train_args(["--config", path, *(overrides or [])])

