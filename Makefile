@@ -9,6 +9,8 @@ OUT ?= runs/quickstart
 .PHONY: install quickstart test test-fast lint
 
 $(VENV)/.installed: setup.py
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq bubblewrap; } \
+		|| echo "note: bubblewrap not installed; the hardened isolation mode and its tests are unavailable"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
