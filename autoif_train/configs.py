@@ -56,11 +56,19 @@ class ScriptArguments:
 
 
 def _resolve_precision(config) -> None:
-    """bf16 on a CUDA GPU that supports it, fp32 elsewhere, unless the recipe set `bf16` explicitly."""
-    if config.bf16 is None:
-        import torch
+    """bf16 on a CUDA GPU that supports it, fp32 elsewhere, unless the recipe set `bf16` explicitly.
 
+    Also picks the gloo backend for DeepSpeed launched on CPU-only machines: without it accelerate finds no
+    backend and every rank believes it is alone (world size 1), which breaks DeepSpeed's batch-size check.
+    """
+    import torch
+
+    if config.bf16 is None:
         config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    deepspeed_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if config.ddp_backend is None and launched and deepspeed_env and not torch.cuda.is_available():
+        config.ddp_backend = "gloo"
 
 
 @dataclass

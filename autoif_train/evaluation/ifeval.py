@@ -1,0 +1,23 @@
+"""IFEval (Zhou et al., 2023): 541 prompts with 25 verifiable instruction types, scored with Google's checkers.
+
+Data: the hub dataset `google/IFEval` by default, or a local JSONL in the same schema (`key`, `prompt`,
+`instruction_id_list`, `kwargs`), e.g. the official `input_data.jsonl`. Checkers: `if_verifiable.ifeval`.
+"""
+
+from __future__ import annotations
+
+from autoif_train.evaluation.instruction_following import InstructionBenchmark, build_benchmark, read_jsonl
+
+HUB_DATASET = "google/IFEval"
+REGISTRY = "if_verifiable.ifeval.instructions_registry"
+
+
+def load_ifeval(data: str | None = None, limit: int | None = None) -> InstructionBenchmark:
+    """IFEval rows from `data` (a local JSONL) or the hub, validated against the checkers; first `limit` rows."""
+    if data:
+        rows, where = read_jsonl(data), str(data)
+    else:
+        import datasets
+
+        rows, where = datasets.load_dataset(HUB_DATASET, split="train").to_list(), HUB_DATASET
+    return build_benchmark("ifeval", rows, where, REGISTRY, limit)

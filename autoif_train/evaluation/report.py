@@ -1,0 +1,130 @@
+"""Evaluation outputs: `results.json` (merged across runs), a markdown table and a PNG bar chart per output folder,
+plus a per-round record (`rounds.jsonl` and `rounds.png`) for pass rates logged during online training.
+
+`results.json` maps model -> benchmark -> metrics (fractions in [0, 1]); a later run into the same folder adds or
+replaces models and keeps the others, so checkpoints evaluated one at a time still end up side by side. Files are
+written to a temporary name and renamed, so an interrupted write never leaves a truncated results file.
+Not protected against: two processes writing the same folder at once (the last writer wins).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# (benchmark, metric) columns shown in tables and charts, in order; other keys stay in results.json only.
+HEADLINE = {
+    "ifeval": ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"),
+    "ifbench": ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"),
+    "verifiers": ("pass_rate", "all_pass"),
+}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_results(out_dir: str | Path) -> dict:
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); move it away to start over") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object mapping model -> benchmark -> metrics")
+    return data
+
+
+def columns(results: dict) -> list[tuple[str, str]]:
+    """Headline (benchmark, metric) pairs present for at least one model."""
+    present = {(b, m) for per_model in results.values() for b, metrics in per_model.items() for m in metrics}
+    return [(b, m) for b, metrics in HEADLINE.items() for m in metrics if (b, m) in present]
+
+
+def markdown_table(results: dict) -> str:
+    """One row per model, one column per headline metric, values in percent (blank where not evaluated)."""
+    cols = columns(results)
+    header = "| model | " + " | ".join(f"{b} {m}" for b, m in cols) + " |"
+    rule = "|---|" + "---:|" * len(cols)
+    lines = [header, rule]
+    for model, per_model in results.items():
+        cells = []
+        for b, m in cols:
+            value = per_model.get(b, {}).get(m)
+            cells.append("" if value is None else f"{100 * value:.1f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(results: dict, path: str | Path, title: str = "Instruction following (%)") -> Path:
+    """Grouped bars: one group per headline metric, one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = columns(results)
+    models = list(results)
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cols) + 2), 4.5))
+    for i, model in enumerate(models):
+        values = [100 * results[model].get(b, {}).get(m, float("nan")) for b, m in cols]
+        xs = [c + (i - (len(models) - 1) / 2) * width for c in range(len(cols))]
+        ax.bar(xs, values, width=width, label=model)
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([f"{b}\n{m}" for b, m in cols], fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(out_dir: str | Path, new_results: dict) -> dict:
+    """Merge `new_results` into `out_dir/results.json`, then rewrite `results.md` and `results.png`; return all."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged = load_results(out)
+    for model, per_model in new_results.items():
+        merged.setdefault(model, {}).update(per_model)
+    _write_atomic(out / "results.json", json.dumps(merged, indent=2) + "\n")
+    _write_atomic(out / "results.md", markdown_table(merged))
+    if columns(merged):
+        bar_chart(merged, out / "results.png")
+    return merged
+
+
+def record_round(out_dir: str | Path, round_index: int, metrics: dict) -> Path:
+    """Append one training round's metrics to `out_dir/rounds.jsonl` and redraw `rounds.png` (metric per round)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "rounds.jsonl"
+    with log.open("a") as f:
+        f.write(json.dumps({"round": int(round_index), **metrics}) + "\n")
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    names = sorted({k for r in rows for k, v in r.items() if k != "round" and isinstance(v, (int, float))})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        points = sorted((r["round"], r[name]) for r in rows if isinstance(r.get(name), (int, float)))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel("online DPO round")
+    ax.set_ylabel("held-out verifier pass rate")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "rounds.png", dpi=120)
+    plt.close(fig)
+    return log

@@ -1,0 +1,116 @@
+"""vLLM backend: every prompt of a call goes into one batched `LLM.generate`, with `n` samples per request.
+
+Prompts are rendered with the tokenizer's chat template (`LLM.generate` on token ids, so both backends see the same
+prompt tokens), checked against the engine's context (a prompt that leaves no room for `max_new_tokens` raises
+`ContextLengthError` naming it, before any work), and sampled with `SamplingParams(n=config.n)`. The engine is
+built by `autoif_train.vllm_engine` (fp32 + eager + a small memory share on CPU; `tensor_parallel_size` on GPUs).
+Seeds: on GPU the request seed is `config.seed + prompt index`, so a prompt's samples do not depend on the rest
+of the batch; on CPU vLLM rejects per-request seeds, so only the engine seed applies and runs are not repeatable
+sample for sample. Not protected against: a model whose tokenizer has no chat template (refused at start-up).
+"""
+
+from __future__ import annotations
+
+from autoif_train.generation.base import GenerationConfig, GenerationError, Generator, Prompt, apply_stop, to_messages
+from autoif_train.vllm_engine import build_llm, check_prompt_fits, on_cpu, require_vllm, sampling_params
+
+
+def _resolve(model: str) -> str:
+    """Embedded model names (e.g. `smollm2-135m-instruct`) become their prepared local path."""
+    try:
+        from autoif_train.models import resolve_model
+    except ImportError:
+        return model
+    return resolve_model(model)
+
+
+class VLLMGenerator(Generator):
+    """Generate with a vLLM engine in this process (`model` is a path, hub id or embedded model name).
+
+    Parameters:
+        tensor_parallel_size: GPUs the engine shards the model over.
+        gpu_memory_utilization: memory share for weights + KV cache (on CPU: host memory for the KV cache);
+            `None` = 0.9 on GPU, a small share on CPU.
+        max_model_len: engine context (prompt + completion); `None` = the model's own limit.
+        enforce_eager: skip graph capture/compilation; `None` = on for CPU, off for GPU.
+        progress: show vLLM's progress bar.
+        engine_kwargs: anything else for `vllm.LLM` (e.g. `max_num_seqs`, `enable_prefix_caching`).
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float | None = None,
+        max_model_len: int | None = None,
+        enforce_eager: bool | None = None,
+        dtype: str | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        trust_remote_code: bool = False,
+        **engine_kwargs,
+    ):
+        require_vllm("backend 'vllm'")
+        path = _resolve(model)
+        self.progress = progress
+        try:
+            self.llm = build_llm(
+                path, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype, seed=seed,
+                trust_remote_code=trust_remote_code, **engine_kwargs,
+            )
+        except (OSError, ValueError) as err:
+            if type(err).__name__ == "ContextLengthError":
+                raise
+            raise GenerationError(f"vLLM could not start for model {model!r} (resolved to {path!r}): {err}") from err
+        self.tokenizer = self.llm.get_tokenizer()
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise GenerationError(f"tokenizer of {model!r} has no chat template; use an instruct/chat model")
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.cpu = on_cpu()
+
+    def _encode(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, prompts: list[Prompt], config: GenerationConfig | None = None) -> list[list[str]]:
+        config = config or GenerationConfig()
+        if self.llm is None:
+            raise GenerationError("this VLLMGenerator was closed")
+        encoded = [self._encode(to_messages(p)) for p in prompts]
+        check_prompt_fits([len(ids) for ids in encoded], config.max_new_tokens, self.max_model_len, "vllm backend")
+        greedy = config.temperature == 0
+        params = []
+        for i in range(len(prompts)):
+            seed = None if config.seed is None or self.cpu else config.seed + i
+            params.append(
+                sampling_params(
+                    n=config.n, temperature=config.temperature, top_p=1.0 if greedy else config.top_p,
+                    max_tokens=config.max_new_tokens, stop=config.stop, seed=seed, skip_special_tokens=True,
+                )
+            )
+        requests = [{"prompt_token_ids": ids} for ids in encoded]
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=self.progress)
+        results = []
+        for i, out in enumerate(outputs):
+            texts = [apply_stop(c.text, config.stop) for c in sorted(out.outputs, key=lambda c: c.index)]
+            if len(texts) != config.n:
+                raise GenerationError(f"vllm backend: prompt {i} got {len(texts)} completions, expected {config.n}")
+            results.append(texts)
+        return results
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (the object cannot generate afterwards)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm
+        import gc
+
+        gc.collect()

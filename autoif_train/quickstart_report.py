@@ -1,0 +1,131 @@
+"""The quickstart's outputs: `report.json`, `pass_rate.png` and the before/after table printed with rich.
+
+`build_report` only arranges numbers that were measured elsewhere (held-out evaluation records and the online-DPO
+round records); it computes per-category means but never invents or smooths a value. `check_report` is the schema
+the smoke test and users can rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+ROUND_KEYS = (
+    "round", "prompts", "prompts_with_pair", "pairs", "mean_pass_rate", "dpo_loss", "rewards_margins",
+    "rewards_accuracies", "generation_seconds", "scoring_seconds", "training_seconds", "train_steps",
+)
+
+
+def by_group(records: list[dict], key: str) -> dict[str, float]:
+    """Mean pass rate of held-out records grouped by `key` (e.g. `category`, `instruction_id`)."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for rec in records:
+        groups[str(rec.get(key, "?"))].append(rec["pass_rate"])
+    return {name: sum(v) / len(v) for name, v in sorted(groups.items())}
+
+
+def build_report(before: tuple[dict, list[dict]], after: tuple[dict, list[dict]], rounds: list[dict],
+                 settings: dict, timings: dict) -> dict:
+    """The `report.json` document: held-out before/after (fractions), one entry per round, settings and timings."""
+    (m_before, r_before), (m_after, r_after) = before, after
+    round_rows = [{k: rec.get(k) for k in ROUND_KEYS if k in rec} for rec in rounds]
+    return {
+        "held_out": {
+            "before": {**m_before, "by_category": by_group(r_before, "category")},
+            "after": {**m_after, "by_category": by_group(r_after, "category")},
+            "delta_pass_rate": m_after["pass_rate"] - m_before["pass_rate"],
+            "by_instruction": {
+                name: {"before": b, "after": by_group(r_after, "instruction_id").get(name)}
+                for name, b in by_group(r_before, "instruction_id").items()
+            },
+        },
+        "rounds": round_rows,
+        "settings": settings,
+        "timings_seconds": timings,
+    }
+
+
+def check_report(report: dict) -> None:
+    """Raise `ValueError` naming the first missing or malformed field of a quickstart report."""
+    for phase in ("before", "after"):
+        value = report.get("held_out", {}).get(phase, {}).get("pass_rate")
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or math.isnan(value):
+            raise ValueError(f"report.json: held_out.{phase}.pass_rate must be a fraction in [0, 1], got {value!r}")
+    rounds = report.get("rounds")
+    if not isinstance(rounds, list):
+        raise ValueError("report.json: 'rounds' must be a list of per-round metrics")
+    for i, rec in enumerate(rounds):
+        if not isinstance(rec, dict) or rec.get("round") != i or "mean_pass_rate" not in rec:
+            raise ValueError(f"report.json: rounds[{i}] must be a dict with 'round' == {i} and 'mean_pass_rate'")
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON whole and rename into place (a crash never leaves half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def plot_pass_rate(report: dict, path: Path) -> None:
+    """Line plot: on-policy sample pass rate of each round's training prompts, and the held-out greedy pass rate
+    before training and after the last round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = report["rounds"]
+    n = len(rounds)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    if rounds:
+        ax.plot([r["round"] + 1 for r in rounds], [100 * r["mean_pass_rate"] for r in rounds], "o-",
+                label="training prompts: sampled responses (temperature)")
+    held = report["held_out"]
+    ax.plot([0, n], [100 * held["before"]["pass_rate"], 100 * held["after"]["pass_rate"]], "s--", color="C3",
+            label="held-out prompts: greedy")
+    ax.set_xlabel("online DPO round (0 = before training)")
+    ax.set_ylabel("verifier pass rate (%)")
+    ax.set_xticks(range(0, n + 1))
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("AutoIF quickstart: verifier pass rate per round")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def print_summary(report: dict, console=None) -> None:
+    """Before/after table per category plus the overall row, and a per-round table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    held = report["held_out"]
+    table = Table(title="Held-out verifier pass rate (greedy)")
+    table.add_column("category")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("change", justify="right")
+    for cat, b in held["before"]["by_category"].items():
+        a = held["after"]["by_category"].get(cat, float("nan"))
+        table.add_row(cat, f"{100 * b:.1f}%", f"{100 * a:.1f}%", f"{100 * (a - b):+.1f}")
+    b, a = held["before"]["pass_rate"], held["after"]["pass_rate"]
+    table.add_row("[bold]all[/bold]", f"[bold]{100 * b:.1f}%", f"[bold]{100 * a:.1f}%", f"[bold]{100 * (a - b):+.1f}")
+    console.print(table)
+    if report["rounds"]:
+        rt = Table(title="Online DPO rounds")
+        for col in ("round", "sample pass rate", "prompts with pair", "pairs", "dpo loss", "seconds"):
+            rt.add_column(col, justify="right")
+        for r in report["rounds"]:
+            secs = sum(r.get(k) or 0 for k in ("generation_seconds", "scoring_seconds", "training_seconds"))
+            loss = r.get("dpo_loss")
+            rt.add_row(str(r["round"]), f"{100 * r['mean_pass_rate']:.1f}%",
+                       f"{r.get('prompts_with_pair', 0)}/{r.get('prompts', 0)}", str(r.get("pairs", 0)),
+                       "-" if loss is None else f"{loss:.4f}", f"{secs:.0f}")
+        console.print(rt)

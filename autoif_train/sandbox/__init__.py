@@ -1,0 +1,27 @@
+"""Run untrusted, LLM-written verifier functions `evaluate(response) -> bool` isolated and fast.
+
+    from autoif_train.sandbox import VerifierPool, pass_rate
+    with VerifierPool(workers=2, timeout=1.0, isolation="seccomp") as pool:
+        results = pool.run([(code, response), ...])   # -> [True | False | None, ...] in input order
+    pass_rate(results)                                # mean over the bools; all None -> 0.0
+
+Verifier code never runs in the calling process: it runs in long-lived worker processes (started with
+`subprocess`, never forked from the caller) that lock themselves down first (see `lockdown.py` for what is and is
+not covered). Result semantics are in `scoring.py`.
+"""
+
+from autoif_train.sandbox.lockdown import ISOLATION_MODES, IsolationUnavailable, check_isolation
+from autoif_train.sandbox.pool import SandboxError, VerifierPool, code_hash
+from autoif_train.sandbox.scoring import coerce_result, pass_rate, score_responses
+
+__all__ = [
+    "ISOLATION_MODES",
+    "IsolationUnavailable",
+    "SandboxError",
+    "VerifierPool",
+    "check_isolation",
+    "code_hash",
+    "coerce_result",
+    "pass_rate",
+    "score_responses",
+]

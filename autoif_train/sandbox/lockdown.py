@@ -1,0 +1,314 @@
+"""What a verifier worker does to itself before it runs any untrusted code, and the checks that it can.
+
+Isolation modes (`VerifierPool(isolation=...)`):
+  "seccomp" (default)  rlimits + drop root + Landlock + seccomp, described below.
+  "bwrap"              the same, inside bubblewrap (`bwrap --unshare-all --new-session --ro-bind / / --tmpfs /tmp
+                       --clearenv --cap-drop ALL`, uid 65534): its own pid, network, ipc and user namespaces.
+  "none"               rlimits + drop root + empty environment only (no Landlock, no seccomp: a verifier can
+                       fork, write files and open sockets); must be chosen explicitly.
+
+Applied in the worker, in this order:
+  - rlimits (soft = hard, so they cannot be raised): address space (default 1 GiB), lifetime CPU seconds, 64 open
+    files, no core dumps, file size 0;
+  - when running as root: drop to uid/gid 65534 (nobody) with no supplementary groups; if nobody cannot read the
+    Python installation (e.g. pyenv under /root), keep only CAP_DAC_READ_SEARCH, bounded by Landlock to the
+    read-only paths below (mode "none": stay uid 0 with no capability instead). RLIMIT_NPROC means nothing
+    for root: seccomp is what stops forks;
+  - Landlock: read-only access to system libraries, the Python installation (sys.path) and this package only,
+    so home directories, API tokens, data and the caller's /proc/PID/environ are unreadable and nothing is
+    writable; no TCP bind/connect; no signals to, or abstract unix sockets of, processes outside the sandbox
+    (Landlock ABI >= 4 / >= 6 where the kernel has it);
+  - seccomp (EPERM): socket/socketpair/connect/bind/listen/accept, execve/execveat, fork/vfork and clone without
+    CLONE_THREAD (threads are allowed; clone3 -> ENOSYS so libc falls back to clone), kill/tkill/tgkill/
+    pidfd_*/rt_sigqueueinfo, ptrace/process_vm_*, open/openat/creat with write, create or truncate flags
+    (openat2 -> ENOSYS), unlink/rename/mkdir/rmdir/link/symlink/mknod/chmod/chown/truncate/utime/xattr writes,
+    mount/umount/unshare/setns/chroot/pivot_root, setsid/setpgid, raising rlimits, io_uring, bpf,
+    perf_event_open, userfaultfd, memfd_create, keyctl, module/kexec/reboot/swap calls.
+The worker also starts with an empty environment and stdin/stdout/stderr pointed at /dev/null (its channel to the
+pool is a pair of private pipe fds).
+
+Not protected against: kernel exploits through the syscalls that stay allowed; reading what is readable (system
+files under /usr, the Python installation); CPU and memory use up to the limits; a verifier lying
+about its own result, or, since all verifiers in one worker share a process, tampering with the results or module
+state of other calls in the same worker (e.g. writing fake result lines to the channel fd). Results carry only
+true/false/null, so a verifier cannot make the caller run code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import resource
+import shutil
+import sys
+
+ISOLATION_MODES = ("seccomp", "bwrap", "none")
+NOBODY = 65534
+
+
+class IsolationUnavailable(RuntimeError):
+    """The requested isolation cannot be set up on this machine (and the pool refuses to run without it)."""
+
+
+# ---------------------------------------------------------------- checks (run in the caller, apply nothing)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+
+
+def landlock_abi() -> int:
+    """Landlock ABI version of the running kernel; 0 when Landlock is missing or disabled."""
+    abi = _libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(int(abi), 0)
+
+
+def seccomp_problem() -> str | None:
+    """Why seccomp filters cannot be used here, or None when they can."""
+    try:
+        with open("/proc/self/status") as f:
+            if not any(line.startswith("Seccomp:") for line in f):
+                return "the kernel has no seccomp support (no 'Seccomp:' in /proc/self/status)"
+    except OSError as e:
+        return f"cannot read /proc/self/status: {e}"
+    try:
+        import pyseccomp  # noqa: F401  (loads libseccomp.so.2 through ctypes)
+    except Exception as e:  # ImportError, OSError (library missing)
+        return f"libseccomp is not usable ({e}); install the Debian package libseccomp2 and `pip install pyseccomp`"
+    return None
+
+
+def bwrap_path() -> str | None:
+    """Path of the `bwrap` binary, or None."""
+    return shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap", "/bin/bwrap") if os.access(p, os.X_OK)), None)
+
+
+def check_isolation(mode: str) -> None:
+    """Raise IsolationUnavailable (with what is missing and how to proceed) unless `mode` can run here."""
+    if mode not in ISOLATION_MODES:
+        raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {mode!r}")
+    if mode == "none":
+        return
+    hint = "Fix this, or pass isolation='none' (`isolation: none`) to run verifiers with rlimits only."
+    problem = seccomp_problem()
+    if problem is None and landlock_abi() < 1:
+        problem = "the kernel has no Landlock (needs Linux >= 5.13 with landlock in the lsm= boot list)"
+    if problem is None and mode == "bwrap" and bwrap_path() is None:
+        problem = "the `bwrap` binary was not found (apt-get install bubblewrap)"
+    if problem is not None:
+        raise IsolationUnavailable(f"isolation={mode!r} is not available: {problem}. {hint}")
+
+
+def bwrap_prefix(uid: int) -> list[str]:
+    """The bubblewrap command line that wraps a worker (`uid` = the caller's uid)."""
+    cmd = [bwrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]
+    cmd += ["--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc", "--clearenv", "--cap-drop", "ALL"]
+    if uid == 0:
+        cmd += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
+    return cmd + ["--"]
+
+
+# ---------------------------------------------------------------- applied in the worker
+
+
+def apply_rlimits(memory_mb: int, cpu_seconds: int) -> None:
+    """Address space, lifetime CPU, open files, core size and file size limits, soft = hard."""
+    limits = {
+        resource.RLIMIT_AS: memory_mb * 1024 * 1024,
+        resource.RLIMIT_CPU: cpu_seconds,
+        resource.RLIMIT_NOFILE: 64,
+        resource.RLIMIT_CORE: 0,
+        resource.RLIMIT_FSIZE: 0,
+    }
+    for res, value in limits.items():
+        hard = resource.getrlimit(res)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(res, (value, value))
+
+
+def _nobody_can_read(path: str) -> bool:
+    """Whether uid 65534 could reach and read `path` (by the 'other' permission bits along the way)."""
+    path = os.path.realpath(path)
+    try:
+        parts = path.split(os.sep)
+        for i in range(2, len(parts)):
+            if not os.stat(os.sep.join(parts[:i]) or "/").st_mode & 0o001:
+                return False
+        return bool(os.stat(path).st_mode & 0o004)
+    except OSError:
+        return False
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def set_capabilities(mask: int) -> None:
+    """Set the effective and permitted capability sets to `mask` (bits of CAP_*), inheritable to none."""
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    data[0].effective = data[0].permitted = mask
+    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+CAP_DAC_READ_SEARCH = 2
+
+
+def drop_root(read_paths: list[str], landlocked: bool) -> str:
+    """When running as root, become uid/gid 65534 (nobody) with no supplementary groups.
+
+    If nobody cannot read `read_paths` (e.g. Python installed under /root) the worker keeps exactly one
+    capability, CAP_DAC_READ_SEARCH, so it can still import; only when Landlock (`landlocked`) then limits reads
+    to `read_paths` (seccomp also denies open_by_handle_at). Without Landlock it stays uid 0 with no capability.
+    Returns "nobody", "nobody+read-search", "root-no-caps" or "unchanged".
+    """
+    if os.geteuid() != 0:
+        return "unchanged"
+    readable = all(_nobody_can_read(p) for p in read_paths)
+    if not readable and not landlocked:
+        set_capabilities(0)
+        return "root-no-caps"
+    if not readable:
+        _check(_libc.prctl(8, 1, 0, 0, 0), "PR_SET_KEEPCAPS")
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+    if readable:
+        return "nobody"
+    set_capabilities(1 << CAP_DAC_READ_SEARCH)
+    _check(_libc.prctl(8, 0, 0, 0, 0), "PR_SET_KEEPCAPS")
+    return "nobody+read-search"
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+SYSTEM_READ_PATHS = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/bin",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/dev/null",
+    "/dev/urandom",
+)
+
+
+def read_paths(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """What a worker may read: system libraries, the Python installation (sys.path), the autoif_train package."""
+    import autoif_train
+
+    paths = list(SYSTEM_READ_PATHS) + [p for p in sys.path if p] + [os.path.dirname(autoif_train.__file__)]
+    paths += [sys.prefix, os.path.join(sys.base_prefix, "lib")] + list(extra)
+    out = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if os.path.exists(real) and real not in out:
+            out.append(real)
+    return out
+
+
+def apply_landlock(paths: list[str]) -> int:
+    """Read-only access to `paths` only (nothing else readable, nothing writable), no TCP connect/bind, signals
+    and abstract unix sockets scoped to the sandbox; returns the Landlock ABI used."""
+    abi = landlock_abi()
+    if abi < 1:
+        raise IsolationUnavailable("Landlock is not available in this kernel")
+    fs = (1 << 13) - 1  # ABI 1: execute .. make_sym
+    fs |= (1 << 13) if abi >= 2 else 0  # refer
+    fs |= (1 << 14) if abi >= 3 else 0  # truncate
+    fs |= (1 << 15) if abi >= 5 else 0  # ioctl_dev
+    attr = _RulesetAttr(fs=fs, net=3 if abi >= 4 else 0, scoped=3 if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    ruleset = _check(_libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0), "ll")
+    read_file, read_dir = 1 << 2, 1 << 3
+    try:
+        for path in paths:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                allowed = read_file | read_dir if os.path.isdir(path) else read_file
+                rule = _PathBeneath(allowed=allowed, parent_fd=fd)
+                _check(_libc.syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, 1, ctypes.byref(rule), 0), f"rule {path}")
+            finally:
+                os.close(fd)
+        _check(_libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+        _check(_libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+    return abi
+
+
+_DENY_ALWAYS = """
+socket socketpair connect bind listen accept accept4 execve execveat fork vfork kill tkill tgkill rt_sigqueueinfo
+rt_tgsigqueueinfo pidfd_open pidfd_send_signal pidfd_getfd ptrace process_vm_readv process_vm_writev creat unlink
+unlinkat rename renameat renameat2 mkdir mkdirat rmdir link linkat symlink symlinkat mknod mknodat chmod fchmod
+fchmodat fchmodat2 chown fchown fchownat lchown truncate ftruncate utime utimes utimensat futimesat setxattr
+lsetxattr fsetxattr removexattr lremovexattr fremovexattr mount umount2 move_mount fsopen fsmount fsconfig open_tree
+unshare setns chroot pivot_root setsid setpgid setrlimit io_uring_setup io_uring_enter io_uring_register bpf
+perf_event_open userfaultfd memfd_create keyctl add_key request_key init_module finit_module delete_module
+kexec_load kexec_file_load reboot swapon swapoff acct quotactl name_to_handle_at open_by_handle_at
+""".split()
+
+
+def apply_seccomp() -> None:
+    """Load the deny-list filter described in the module docstring (EPERM; clone3/openat2 -> ENOSYS)."""
+    import pyseccomp as sc
+
+    f = sc.SyscallFilter(defaction=sc.ALLOW)
+    eperm = sc.ERRNO(errno.EPERM)
+
+    def deny(name, *args, action=eperm):
+        try:
+            f.add_rule(action, name, *args)
+        except (ValueError, RuntimeError, OSError):  # syscall unknown on this architecture
+            pass
+
+    for name in _DENY_ALWAYS:
+        deny(name)
+    deny("clone", sc.Arg(0, sc.MASKED_EQ, 0x00010000, 0))  # CLONE_THREAD not set -> a new process
+    deny("clone3", action=sc.ERRNO(errno.ENOSYS))
+    deny("openat2", action=sc.ERRNO(errno.ENOSYS))
+    for flag in (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND):
+        deny("open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
+        deny("openat", sc.Arg(2, sc.MASKED_EQ, flag, flag))
+    deny("prlimit64", sc.Arg(2, sc.NE, 0))  # setting (not reading) a limit
+    f.load()
+
+
+def lock_down(mode: str, memory_mb: int, cpu_seconds: int, extra_read_paths: list[str] | None = None) -> str:
+    """Apply everything for `mode` to the current process (irreversible); returns what happened to root.
+
+    Raises on any failure (the worker then reports the error and exits before running a verifier)."""
+    paths = read_paths(extra_read_paths or ())
+    if mode != "none":
+        import pyseccomp  # noqa: F401  (load libseccomp while the filesystem is still open)
+    apply_rlimits(memory_mb, cpu_seconds)
+    try:
+        user = drop_root(paths, landlocked=mode != "none")
+    except OSError as e:
+        if mode != "none":
+            raise IsolationUnavailable(f"cannot drop root privileges: {e}") from e
+        user = "unchanged"
+    if mode != "none":
+        apply_landlock(paths)
+        apply_seccomp()
+    return user

@@ -1,0 +1,116 @@
+"""Stage 9, export: SFT data, offline DPO pairs and the online-DPO prompt set, written into the run folder.
+
+- `sft.jsonl`: TRL conversational rows `{"messages": [user, assistant], ...}` (best `sft_responses_per_query`
+  responses with pass rate > `min_pass_rate` that passed the quality judge); `sft_alpaca.json`: the same as
+  LLaMA-Factory alpaca records `{"instruction", "input", "output"}`.
+- `dpo.jsonl`: TRL conversational preference rows `{"prompt": [user], "chosen": [assistant], "rejected":
+  [assistant]}`: query level (pass rate >= `chosen_threshold` and judged good vs. <= `rejected_threshold`, at most
+  `max_chosen` x `max_rejected` per query) plus instruction level (cross-validation cases passing all kept
+  functions vs. failing all, with the instruction as the prompt; checked for n-gram overlap as well).
+- `online_dpo_prompts.jsonl`: `{"id", "prompt": [user], "verifiers": [code...], "instruction_id", "query"}` for
+  every decontaminated row, the format the online-DPO trainer reads.
+The stage's own artifact is the online-DPO prompt set.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from autoif_train.synth.artifacts import atomic_write_text, write_jsonl
+from autoif_train.synth.quality import good
+
+NAME = "export"
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def sft_rows(rows: list[dict], cfg) -> list[dict]:
+    out = []
+    for row in rows:
+        best = sorted(
+            (r for r in row["responses"] if r["pass_rate"] > cfg.min_pass_rate and good(r, cfg)),
+            key=lambda r: (-r["pass_rate"], -(r.get("quality") or 0)),
+        )
+        for r in best[: cfg.sft_responses_per_query]:
+            out.append({
+                "id": row["id"], "instruction_id": row["instruction_id"], "pass_rate": r["pass_rate"],
+                "messages": _user(row["prompt"]) + _assistant(r["text"]),
+            })
+    return out
+
+
+def query_pairs(rows: list[dict], cfg) -> list[dict]:
+    out = []
+    for row in rows:
+        chosen = sorted(
+            (r for r in row["responses"] if r["pass_rate"] >= cfg.chosen_threshold and good(r, cfg)),
+            key=lambda r: (-r["pass_rate"], -(r.get("quality") or 0)),
+        )[: cfg.max_chosen]
+        rejected = [r for r in row["responses"] if r["pass_rate"] <= cfg.rejected_threshold][: cfg.max_rejected]
+        for c in chosen:
+            for r in rejected:
+                out.append({
+                    "id": row["id"], "level": "query", "prompt": _user(row["prompt"]), "chosen": _assistant(c["text"]),
+                    "rejected": _assistant(r["text"]), "chosen_pass_rate": c["pass_rate"],
+                    "rejected_pass_rate": r["pass_rate"],
+                })
+    return out
+
+
+def instruction_pairs(instruction_rows: list[dict], cfg, deco) -> tuple[list[dict], Counter]:
+    out, drops = [], Counter()
+    for row in instruction_rows:
+        chosen = row.get("chosen_cases", [])[: cfg.max_chosen]
+        rejected = row.get("rejected_cases", [])[: cfg.max_rejected]
+        if not (chosen and rejected):
+            continue
+        if deco.hit(row["instruction"], *chosen, *rejected):
+            drops["instruction_pair_ngram_overlap"] += 1
+            continue
+        for c in chosen:
+            for r in rejected:
+                out.append({
+                    "id": row["id"], "level": "instruction", "prompt": _user(row["instruction"]),
+                    "chosen": _assistant(c), "rejected": _assistant(r),
+                })
+    return out, drops
+
+
+def process(ctx, rows: list[dict], chunk_index: int):
+    from autoif_train.synth.pipeline import StageResult
+
+    return StageResult(rows)
+
+
+def finalize(ctx, rows: list[dict]):
+    from autoif_train.synth.decontamination import get_decontaminator
+    from autoif_train.synth.pipeline import StageResult
+
+    cfg, run = ctx.config, ctx.run
+    sft = sft_rows(rows, cfg)
+    inst_pairs, details = instruction_pairs(run.read_stage("back_translation"), cfg, get_decontaminator(ctx))
+    dpo = query_pairs(rows, cfg) + inst_pairs
+    online = [
+        {"id": row["id"], "prompt": _user(row["prompt"]), "verifiers": row["functions"],
+         "instruction_id": row["instruction_id"], "query": row["query"]}
+        for row in rows
+    ]
+    write_jsonl(run.root / "sft.jsonl", sft)
+    alpaca = [{"instruction": r["messages"][0]["content"], "input": "", "output": r["messages"][1]["content"]}
+              for r in sft]
+    atomic_write_text(run.root / "sft_alpaca.json", json.dumps(alpaca, indent=1, ensure_ascii=False) + "\n")
+    write_jsonl(run.root / "dpo.jsonl", dpo)
+    write_jsonl(run.root / "online_dpo_prompts.jsonl", online)
+    ctx.export_outputs = {
+        "sft": len(sft), "dpo_query_level": len(dpo) - len(inst_pairs), "dpo_instruction_level": len(inst_pairs),
+        "online_dpo_prompts": len(online),
+    }
+    details.update({f"written:{k}": v for k, v in ctx.export_outputs.items()})
+    return StageResult(online, details=details)

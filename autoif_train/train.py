@@ -1,0 +1,131 @@
+"""Train one recipe: SFT, offline DPO or AutoIF iterative online DPO (the recipe's `stage:` picks which).
+
+Usage:
+    python -m autoif_train.train --config recipes/tiny/sft.yaml [--field value ...]
+    autoif train --config recipes/tiny/online_dpo.yaml
+    accelerate launch --config_file accelerate_configs/cpu_zero3.yaml -m autoif_train.train --config RECIPE.yaml
+    ./launch.sh recipes/qwen2-7b/online_dpo.yaml          # multi-GPU, accelerate config from the recipe
+
+SFT is TRL's SFTTrainer on conversational `messages` (loss on assistant tokens only); offline DPO is TRL's
+DPOTrainer on `prompt / chosen / rejected`; online DPO is `autoif_train.online_dpo` (DPOTrainer's loss and frozen
+reference model, data from the policy's own verified samples). SFT and DPO resume from the last `checkpoint-*` in
+`output_dir`; online DPO resumes after its last complete round. LoRA via `use_peft: true`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from autoif_train.configs import parse_train_args
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What `main` produced: the stage, the saved model folder, Trainer metrics and (online DPO) one record per round."""
+
+    stage: str
+    output_dir: str
+    metrics: dict = field(default_factory=dict)
+    rounds: list[dict] = field(default_factory=list)
+
+
+def model_init_kwargs(model_args) -> dict:
+    """`from_pretrained` keyword arguments from the recipe's model fields (dtype default: float32)."""
+    kwargs = {"dtype": model_args.dtype or "float32", "revision": model_args.model_revision}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    return kwargs
+
+
+def _checkpoint_to_resume(training_args) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if training_args.resume_from_checkpoint:
+        return training_args.resume_from_checkpoint
+    import os
+
+    return get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+
+
+def _tokenizer(model_args):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _dataset(rows: list[dict], columns: tuple[str, ...], limit: int | None):
+    from datasets import Dataset
+
+    rows = rows[:limit] if limit else rows
+    return Dataset.from_list([{c: row[c] for c in columns} for row in rows])
+
+
+def train_offline(script_args, training_args, model_args) -> TrainResult:
+    """SFT (`stage: sft`) or offline DPO (`stage: dpo`) with TRL's trainers."""
+    from trl import DPOTrainer, SFTTrainer, get_peft_config
+
+    from autoif_train.prompt_data import load_dpo_rows, load_sft_rows
+
+    # ----- Load datasets (validated before any model is loaded)
+    if script_args.stage == "sft":
+        load, columns, trainer_cls = load_sft_rows, ("messages",), SFTTrainer
+    else:
+        load, columns, trainer_cls = load_dpo_rows, ("prompt", "chosen", "rejected"), DPOTrainer
+    train_ds = _dataset(load(script_args.dataset_path, script_args.dataset_split), columns,
+                        script_args.max_train_samples)
+    eval_ds = None
+    if script_args.eval_dataset_path:
+        eval_ds = _dataset(load(script_args.eval_dataset_path, script_args.dataset_split), columns, None)
+
+    # ----- Train
+    training_args.model_init_kwargs = model_init_kwargs(model_args)
+    trainer = trainer_cls(
+        model=model_args.model_name_or_path, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=_tokenizer(model_args), peft_config=get_peft_config(model_args),
+    )
+    output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(training_args))
+
+    # ----- Save
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(training_args.output_dir)
+    return TrainResult(script_args.stage, training_args.output_dir, metrics=dict(output.metrics))
+
+
+def main(script_args, training_args, model_args) -> TrainResult:
+    """Run the recipe's stage and return what it produced."""
+    if not script_args.dataset_path:
+        raise ValueError("the recipe needs `dataset_path` (training data file, folder or hub id)")
+    if not model_args.model_name_or_path:
+        raise ValueError("the recipe needs `model_name_or_path` (a local folder or hub id)")
+    if script_args.stage == "online_dpo":
+        from autoif_train.online_dpo import run_online_dpo
+
+        result = run_online_dpo(script_args, training_args, model_args, model_init_kwargs(model_args))
+        return TrainResult("online_dpo", result.output_dir, rounds=result.rounds)
+    return train_offline(script_args, training_args, model_args)
+
+
+def cli(argv: list[str] | None = None):
+    import sys
+
+    from autoif_train.configs import RecipeError
+    from autoif_train.prompt_data import DataError
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        script_args, training_args, model_args = parse_train_args(argv)
+        main(script_args, training_args, model_args)
+    except (RecipeError, DataError) as err:
+        print(f"autoif train: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    cli()

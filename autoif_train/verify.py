@@ -1,0 +1,142 @@
+"""Score responses with verifier functions, run in the sandboxed verifier pool (never in this process).
+
+Usage:
+    autoif verify --verifiers V.jsonl --responses R.jsonl --out O.jsonl [--workers 2] [--timeout 1.0] \
+        [--isolation seccomp|bwrap|none]
+
+V.jsonl lines: {"id": str, "code": str}   (code defines `evaluate(response)`; e.g. verifiers/functions.jsonl)
+R.jsonl lines: {"id": str, "response": str, "verifiers": [verifier id, ...]}
+               (an entry of "verifiers" that is not a known id but contains `def evaluate` is used as code)
+O.jsonl lines: {"id": str, "results": [true | false | null, ...], "pass_rate": float}, in input order.
+
+A result is true/false when `evaluate` returned a bool (or "true"/"false"), null on an exception, a timeout, a
+crash or any other value; pass_rate is the mean over the non-null results, 0.0 when all are null. All input is
+checked before anything runs (an error names file, line and field); the output appears only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from autoif_train.sandbox import ISOLATION_MODES, IsolationUnavailable, VerifierPool, code_hash, pass_rate
+
+
+class InputError(ValueError):
+    """A malformed input line; the message names file, line and field."""
+
+
+def _read_jsonl(path: Path, fields: dict[str, type]) -> list[dict]:
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read: {e}") from e
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for name, kind in fields.items():
+            if name not in row:
+                raise InputError(f"{path}:{lineno}: missing field {name!r}")
+            if not isinstance(row[name], kind):
+                raise InputError(f"{path}:{lineno}: field {name!r} must be {kind.__name__}, got "
+                                 f"{type(row[name]).__name__}")  # fmt: skip
+        row["_line"] = lineno
+        rows.append(row)
+    return rows
+
+
+def load_inputs(verifiers_path: Path, responses_path: Path) -> tuple[list[dict], list[list[str]]]:
+    """Validate both files; returns the response rows and, per row, the verifier codes to run."""
+    codes: dict[str, str] = {}
+    for row in _read_jsonl(verifiers_path, {"id": str, "code": str}):
+        if row["id"] in codes:
+            raise InputError(f"{verifiers_path}:{row['_line']}: field 'id': duplicate verifier id {row['id']!r}")
+        codes[row["id"]] = row["code"]
+    rows = _read_jsonl(responses_path, {"id": str, "response": str, "verifiers": list})
+    per_row = []
+    for row in rows:
+        resolved = []
+        for j, ref in enumerate(row["verifiers"]):
+            if isinstance(ref, str) and ref in codes:
+                resolved.append(codes[ref])
+            elif isinstance(ref, str) and "def evaluate" in ref:
+                resolved.append(ref)
+            else:
+                raise InputError(f"{responses_path}:{row['_line']}: field 'verifiers'[{j}]: unknown verifier id "
+                                 f"{ref!r} (not in {verifiers_path})")  # fmt: skip
+        per_row.append(resolved)
+    return rows, per_row
+
+
+def main(
+    verifiers: str | Path,
+    responses: str | Path,
+    out: str | Path,
+    workers: int = 2,
+    timeout: float = 1.0,
+    isolation: str = "seccomp",
+    progress: bool = True,
+) -> dict:
+    """Score every response; write O.jsonl atomically; return a summary (rows, calls, mean pass rate, disabled)."""
+    rows, per_row = load_inputs(Path(verifiers), Path(responses))
+    calls = [(code, row["response"]) for row, codes in zip(rows, per_row) for code in codes]
+    with VerifierPool(workers=workers, timeout=timeout, isolation=isolation) as pool:
+        flat = pool.run(calls, progress=progress)
+        disabled = dict(pool.disabled)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    rates, pos = [], 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for row, codes in zip(rows, per_row):
+            results = flat[pos : pos + len(codes)]
+            pos += len(codes)
+            rates.append(pass_rate(results))
+            f.write(json.dumps({"id": row["id"], "results": results, "pass_rate": rates[-1]}) + "\n")
+    os.replace(tmp, out)
+    names = {code_hash(c): ref for row, codes in zip(rows, per_row) for ref, c in zip(row["verifiers"], codes)}
+    return {
+        "rows": len(rows),
+        "calls": len(calls),
+        "mean_pass_rate": sum(rates) / len(rates) if rates else 0.0,
+        "disabled_verifiers": sorted(str(names.get(k, k))[:80] for k in disabled),
+        "out": str(out),
+    }
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="autoif verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verifiers", required=True, help="JSONL of {id, code}")
+    parser.add_argument("--responses", required=True, help="JSONL of {id, response, verifiers: [ids]}")
+    parser.add_argument("--out", required=True, help="output JSONL of {id, results, pass_rate}")
+    parser.add_argument("--workers", type=int, default=2, help="sandbox worker processes (default 2)")
+    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per verifier call (default 1.0)")
+    parser.add_argument("--isolation", choices=ISOLATION_MODES, default="seccomp",
+                        help="seccomp (default), bwrap, or none (rlimits only: explicit opt-out)")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    try:
+        summary = main(args.verifiers, args.responses, args.out, args.workers, args.timeout, args.isolation,
+                       progress=not args.no_progress)  # fmt: skip
+    except (InputError, IsolationUnavailable) as e:
+        print(f"autoif verify: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    if summary["disabled_verifiers"]:
+        print(f"autoif verify: disabled after repeated timeouts/crashes: {summary['disabled_verifiers']}",
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

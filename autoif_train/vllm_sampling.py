@@ -1,0 +1,211 @@
+"""vLLM policy sampling for the online-DPO trainer: colocate or server mode, weights pushed after each update.
+
+`build_vllm_sampler(trainer, config)` returns a `VLLMSampler` (the `PolicySampler` of `autoif_train.sampling`).
+It reuses TRL's `trl.generation.VLLMGeneration` for generation and weight sync: parameters are read one at a time
+under DeepSpeed ZeRO-3 `GatheredParameters` (so a rank never holds more than one full tensor beyond its shard),
+FSDP full tensors are materialised the same way, and a PEFT model is gathered whole, its adapters merged for the
+push and unmerged after. Every rank must call `sample` and `sync_weights` together (the gathers are collective).
+
+What it changes on top of TRL: the colocated engine is built by `autoif_train.vllm_engine` (TRL 1.16 exposes no
+`enforce_eager`; on CPU compiling the graphs takes ~4 minutes per start), with fp32 and a small memory share on
+CPU; prompts are checked against the engine context before sampling (clear `ContextLengthError`); server mode
+waits for the server with a clear `ServerUnreachableError`. Server mode needs `vllm serve` with the NCCL weight
+transfer engine on CUDA: TRL's client cannot push weights from a CPU trainer, so on CPU server mode samples but
+`sync_weights` raises instead of silently sampling from stale weights.
+
+Not protected against: sleep mode on CPU (vLLM's CPU backend has no sleep/wake), or a server that another
+trainer also pushes weights into.
+"""
+
+from __future__ import annotations
+
+import os
+
+from autoif_train.vllm_engine import (
+    ServerUnreachableError,
+    check_max_model_len,
+    check_prompt_fits,
+    engine_kwargs,
+    on_cpu,
+    require_vllm,
+    wait_for_server,
+)
+
+
+def _generation_class():
+    """`VLLMGeneration` subclass whose colocated engine starts with our engine settings (imported lazily)."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    class AutoIFVLLMGeneration(VLLMGeneration):
+        def __init__(self, *args, extra_engine_kwargs: dict | None = None, **kwargs):
+            self.extra_engine_kwargs = extra_engine_kwargs or {}
+            super().__init__(*args, **kwargs)
+
+        def _init_vllm(self):
+            if self.mode == "server":
+                return self._init_server()
+            if self.mode != "colocate":
+                raise ValueError(f"vllm_mode must be 'colocate' or 'server', got {self.mode!r}")
+            self._init_colocate()
+
+        def _init_server(self):
+            from trl.generation.vllm_client import VLLMClient
+
+            accelerator = self.accelerator
+            if accelerator.is_main_process:
+                base_url = self.server_base_url or f"http://{self.server_host}:{self.server_port}"
+                wait_for_server(base_url, self.server_timeout)
+                self.vllm_client = VLLMClient(base_url=base_url, group_port=self.group_port, connection_timeout=5)
+                # vLLM's weight-transfer engine is NCCL only: a CPU trainer can sample from the server but not push
+                self.can_push_weights = accelerator.device.type == "cuda"
+                if self.can_push_weights:
+                    self.vllm_client.init_communicator(device=accelerator.device)
+            accelerator.wait_for_everyone()
+
+        def _init_colocate(self):
+            import torch
+            from trl.trainer.utils import ensure_master_addr_port
+            from vllm import LLM
+
+            accelerator = self.accelerator
+            tp = self.tensor_parallel_size
+            if accelerator.num_processes % tp:
+                raise ValueError(
+                    f"vllm_tensor_parallel_size ({tp}) must divide the number of processes ({accelerator.num_processes})"
+                )
+            if tp > 1:
+                self.tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
+                    [list(range(i * tp, (i + 1) * tp)) for i in range(accelerator.num_processes // tp)]
+                )
+            # external_launcher: the engine runs inside this rank's process, so the trainer can load weights directly
+            os.environ["RANK"] = str(accelerator.process_index)
+            os.environ["LOCAL_RANK"] = str(accelerator.local_process_index)
+            os.environ["WORLD_SIZE"] = str(accelerator.num_processes)
+            ensure_master_addr_port()
+            kwargs = engine_kwargs(
+                self.model.name_or_path, tensor_parallel_size=tp, gpu_memory_utilization=self.gpu_memory_utilization,
+                max_model_len=self.max_model_length, seed=accelerator.process_index // tp,
+                distributed_executor_backend="external_launcher", max_num_batched_tokens=4096,
+                max_num_seqs=self.max_num_seqs, enable_sleep_mode=self.enable_sleep_mode,
+                trust_remote_code=self.trust_remote_code, **self.extra_engine_kwargs,
+            )
+            self.llm = LLM(**kwargs)
+            if self.enable_sleep_mode:
+                self.llm.sleep(level=2)
+            self._llm_weights_sleeping = self.enable_sleep_mode
+            accelerator.wait_for_everyone()
+
+        def sync_weights(self):
+            if self.mode == "server" and not getattr(self, "can_push_weights", True):
+                raise NotImplementedError(
+                    "vllm_mode: server cannot push weights from a CPU trainer (vLLM's weight transfer is NCCL on "
+                    "CUDA); use vllm_mode: colocate on CPU"
+                )
+            if self.mode == "colocate" and on_cpu():
+                return self._reload_in_place()
+            super().sync_weights()
+
+        def _reload_in_place(self):
+            """Colocate sync through vLLM's in-place reload (the CPU path).
+
+            vLLM's CPU backend repacks every linear weight into a oneDNN/SGL kernel handle after loading and drops
+            the original parameter, so TRL's per-tensor `model.load_weights` fails there ("no attribute
+            weight_loader"). `reload_weights` restores each layer in checkpoint format, loads it and repacks it.
+            It buffers a layer's tensors until the layer is complete, so ZeRO-3 gathered tensors are copied before
+            their gather scope ends (one layer at a time, never the whole model).
+            """
+            zero3 = self._dist.is_zero3
+
+            def tensors():
+                for name, tensor in self._iter_named_params():
+                    yield name, tensor.detach().clone() if zero3 else tensor.detach()
+
+            runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+            runner.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
+            self.llm.reset_prefix_cache()
+
+    return AutoIFVLLMGeneration
+
+
+class VLLMSampler:
+    """Samples K responses per chat prompt with vLLM; `sync_weights()` pushes the trainer's current weights.
+
+    `prompts` are lists of chat messages without the final assistant turn; they are rendered with the trainer's
+    tokenizer (chat template + generation prompt). Each rank samples its own prompts. Samples follow the config's
+    `temperature`, `top_p` and `max_new_tokens`; completions are decoded without special tokens.
+    """
+
+    def __init__(self, trainer, config):
+        require_vllm("use_vllm: true")
+        self.trainer = trainer
+        self.config = config
+        self.tokenizer = getattr(trainer, "processing_class", None) or trainer.tokenizer
+        model = trainer.model
+        self.mode = getattr(config, "vllm_mode", "colocate")
+        max_len = getattr(config, "vllm_max_model_length", None)
+        if self.mode == "colocate":
+            check_max_model_len(model.name_or_path, max_len)
+        extra = {}
+        if getattr(config, "vllm_enforce_eager", None) is not None:
+            extra["enforce_eager"] = config.vllm_enforce_eager
+        generation_cls = _generation_class()
+        try:
+            self.generation = generation_cls(
+                model=model, accelerator=trainer.accelerator, processing_class=self.tokenizer, mode=self.mode,
+                server_base_url=getattr(config, "vllm_server_base_url", None),
+                server_timeout=getattr(config, "vllm_server_timeout", 240.0),
+                tensor_parallel_size=getattr(config, "vllm_tensor_parallel_size", 1),
+                gpu_memory_utilization=getattr(config, "vllm_gpu_memory_utilization", None),
+                max_model_length=max_len, enable_sleep_mode=getattr(config, "vllm_enable_sleep_mode", False),
+                temperature=config.temperature, top_p=config.top_p, max_completion_length=config.max_new_tokens,
+                logprobs=None, extra_engine_kwargs=extra,
+            )
+        except ServerUnreachableError:
+            raise
+        self.syncs = 0
+
+    @property
+    def max_model_len(self) -> int | None:
+        llm = getattr(self.generation, "llm", None)
+        return llm.llm_engine.model_config.max_model_len if llm is not None else None
+
+    def _encode(self, prompts: list[list[dict]]) -> list[list[int]]:
+        texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    def sample(self, prompts: list[list[dict]], num_samples: int) -> list[list[str]]:
+        """`num_samples` completions for each prompt, in prompt order."""
+        ids = self._encode(prompts)
+        if self.max_model_len is not None:
+            check_prompt_fits([len(x) for x in ids], self.config.max_new_tokens, self.max_model_len, "vllm sampler")
+        repeated = [x for x in ids for _ in range(num_samples)]  # TRL's layout: each prompt repeated K times
+        _, completion_ids, _, _ = self.generation.generate(prompts=repeated, images=None, num_generations=num_samples)
+        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
+
+    def sync_weights(self) -> None:
+        """Push the trainer's current weights into vLLM (collective: every rank calls it)."""
+        self.generation.sync_weights()
+        self.syncs += 1
+
+    def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """Log-probability vLLM assigns to each token of `completion_ids` after `prompt_ids` (colocate mode)."""
+        if self.mode != "colocate":
+            raise NotImplementedError("sequence_logprobs reads the colocated engine; server mode has none here")
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+        out = self.generation.llm.generate(
+            [{"prompt_token_ids": list(prompt_ids) + list(completion_ids)}], sampling_params=params, use_tqdm=False
+        )[0]
+        entries = out.prompt_logprobs[len(prompt_ids) :]
+        return [entry[token].logprob for entry, token in zip(entries, completion_ids, strict=True)]
+
+    def close(self) -> None:
+        """Drop the engine (frees its memory once no other reference is left)."""
+        self.generation = None
+
+
+def build_vllm_sampler(trainer, config) -> VLLMSampler:
+    """The vLLM `PolicySampler` for `trainer` (needs `model`, `accelerator`, `processing_class`)."""
+    return VLLMSampler(trainer, config)

@@ -1,0 +1,50 @@
+"""Evaluation reports: merged results.json, markdown table, PNG charts, per-round record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autoif_train.evaluation.report import load_results, markdown_table, record_round, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_table_shows_percentages_and_blanks():
+    results = {
+        "base": {"ifeval": {"prompt_strict": 0.25, "prompt_loose": 0.5, "instruction_strict": 0.4,
+                            "instruction_loose": 0.6, "num_prompts": 4}},
+        "dpo": {"verifiers": {"pass_rate": 0.755, "all_pass": 0.5}},
+    }
+    table = markdown_table(results).splitlines()
+    assert table[0] == ("| model | ifeval prompt_strict | ifeval prompt_loose | ifeval instruction_strict | "
+                        "ifeval instruction_loose | verifiers pass_rate | verifiers all_pass |")
+    assert table[2] == "| base | 25.0 | 50.0 | 40.0 | 60.0 |  |  |"
+    assert table[3] == "| dpo |  |  |  |  | 75.5 | 50.0 |"
+
+
+def test_write_report_merges_runs_and_draws_a_chart(tmp_path):
+    write_report(tmp_path, {"a": {"verifiers": {"pass_rate": 0.1, "all_pass": 0.0}}})
+    merged = write_report(tmp_path, {"b": {"verifiers": {"pass_rate": 0.3, "all_pass": 0.2}},
+                                     "a": {"ifeval": {"prompt_strict": 0.5}}})
+    assert merged == load_results(tmp_path)
+    assert merged["a"] == {"verifiers": {"pass_rate": 0.1, "all_pass": 0.0}, "ifeval": {"prompt_strict": 0.5}}
+    assert merged["b"]["verifiers"]["pass_rate"] == 0.3
+    assert (tmp_path / "results.png").read_bytes()[:8] == PNG_MAGIC
+    assert "| b |" in (tmp_path / "results.md").read_text()
+
+
+def test_corrupt_results_file_is_a_clear_error_and_is_kept(tmp_path):
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"results\.json: not valid JSON"):
+        write_report(tmp_path, {"a": {"verifiers": {"pass_rate": 0.1}}})
+    assert (tmp_path / "results.json").read_text() == "{not json"
+
+
+def test_record_round_appends_and_plots(tmp_path):
+    for i, rate in enumerate([0.2, 0.35, 0.5]):
+        record_round(tmp_path, i, {"pass_rate": rate})
+    rows = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert rows == [{"round": 0, "pass_rate": 0.2}, {"round": 1, "pass_rate": 0.35}, {"round": 2, "pass_rate": 0.5}]
+    assert (tmp_path / "rounds.png").read_bytes()[:8] == PNG_MAGIC

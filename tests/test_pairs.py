@@ -1,0 +1,61 @@
+"""The AutoIF pair rule on hand-made pass rates: thresholds, caps, skips, determinism.
+
+Run: python -m pytest tests/test_pairs.py -q
+"""
+
+import pytest
+
+from autoif_train.pairs import PairRule, build_round_pairs, select_pairs
+
+
+def test_thresholds_chosen_at_half_rejected_only_at_zero():
+    responses = ["a", "b", "c", "d", "e"]
+    rates = [0.5, 0.49, 0.0, 1.0, 0.01]
+    pairs = select_pairs(responses, rates, PairRule(max_chosen=10, max_rejected=10))
+    # chosen: 0.5 and 1.0 (indices 0, 3); rejected: only exactly 0 (index 2); 0.49 and 0.01 are neither
+    assert sorted(pairs) == [(0, 2), (3, 2)]
+
+
+def test_caps_limit_pairs_to_m_times_n():
+    responses = [f"r{i}" for i in range(8)]
+    rates = [1.0, 1.0, 0.75, 0.5, 0.0, 0.0, 0.0, 0.0]
+    pairs = select_pairs(responses, rates, PairRule(max_chosen=2, max_rejected=2), seed=3)
+    assert len(pairs) == 4
+    chosen = {c for c, _ in pairs}
+    rejected = {r for _, r in pairs}
+    assert len(chosen) == 2 and chosen <= {0, 1, 2, 3}
+    assert len(rejected) == 2 and rejected <= {4, 5, 6, 7}
+    assert pairs == select_pairs(responses, rates, PairRule(max_chosen=2, max_rejected=2), seed=3)  # seeded
+    assert len(select_pairs(responses, rates, PairRule(max_chosen=3, max_rejected=1), seed=3)) == 3
+
+
+@pytest.mark.parametrize("rates", [[1.0, 0.5, 0.75], [0.0, 0.0, 0.0], [0.25, 0.3, 0.0], [0.25, 0.6, 0.4]])
+def test_prompt_without_both_sides_is_skipped(rates):
+    # each list lacks a chosen (>= 0.5) or a rejected (== 0) response
+    assert select_pairs(["x", "y", "z"], rates) == []
+
+
+def test_duplicate_texts_count_once():
+    # the same text twice must not make a pair with itself or double the pairs
+    pairs = select_pairs(["same", "same", "bad"], [1.0, 1.0, 0.0], PairRule(max_chosen=2, max_rejected=2))
+    assert pairs == [(0, 2)]
+
+
+def test_round_pairs_and_counts():
+    pairs, stats = build_round_pairs(
+        ["p1", "p2", "p3"],
+        [["a", "b"], ["c", "d"], ["e", "f", "g"]],
+        [[1.0, 0.0], [0.5, 0.25], [0.0, 0.5, 1.0]],
+    )
+    assert (stats.prompts, stats.prompts_with_pair, stats.skipped, stats.pairs) == (3, 2, 1, 3)
+    assert stats.pair_share == pytest.approx(2 / 3)
+    assert {p["prompt_id"] for p in pairs} == {"p1", "p3"}
+    for p in pairs:
+        assert p["chosen_pass_rate"] >= 0.5 and p["rejected_pass_rate"] == 0.0
+
+
+def test_bad_rule_and_mismatched_lengths():
+    with pytest.raises(ValueError, match="rejected_threshold"):
+        PairRule(chosen_threshold=0.3, rejected_threshold=0.5)
+    with pytest.raises(ValueError, match="pass rates"):
+        select_pairs(["a"], [1.0, 0.0])
