@@ -19,7 +19,6 @@ INSTALL_REQUIRES = [
     "matplotlib",
     "gguf>=0.17",
     "pyseccomp>=0.1.2",
-    "landlock>=1.0.0.dev5",
     "httpx>=0.27",
 ]
 

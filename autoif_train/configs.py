@@ -32,7 +32,8 @@ class ScriptArguments:
             or `online_dpo` (AutoIF iterative online DPO on prompts + verifiers).
         dataset_path: a local JSONL/JSON/parquet file or folder, or a hub dataset id.
         dataset_split: split to read when `dataset_path` is a hub id or a `datasets` folder.
-        eval_dataset_path: optional held-out data in the same format.
+        eval_dataset_path: optional held-out data in the same format (online DPO: prompt rows with verifiers,
+            scored after every round when `eval_every_round` is set).
         verifier_bundle: JSONL of `{"id", "code"}` verifiers that online-DPO prompt rows may reference by id.
         max_train_samples: keep only the first N training rows (smoke runs).
         accelerate_config: read by `launch.sh` only (which accelerate config to launch with).

@@ -24,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset
 from transformers import TrainerCallback
@@ -104,15 +105,18 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
     Verifier code runs only in the sandbox pool's worker processes, never in this process.
     """
 
-    def __init__(self, model, args, prompts: list[PromptRow], processing_class=None, peft_config=None, ref_model=None):
+    def __init__(self, model, args, prompts: list[PromptRow], processing_class=None, peft_config=None, ref_model=None,
+                 eval_prompts: list[PromptRow] | None = None):
         if not prompts:
             raise ValueError("online DPO needs at least one prompt row")
+        if args.precompute_ref_log_probs:
+            raise ValueError("precompute_ref_log_probs does not apply to online DPO: each round's pairs are new")
         self.prompts = prompts
+        self.eval_prompts = eval_prompts or []
         self.num_planned_rounds = planned_rounds(len(prompts), args.prompts_per_round, args.num_rounds)
         # Rounds decide when to checkpoint; the data is new each round, so there is nothing to skip on resume.
         args.save_strategy = SaveStrategy.NO
         args.ignore_data_skip = True
-        args.max_steps = max_optimizer_steps(len(prompts), args, args.world_size)
         # DPOTrainer needs a dataset at construction (format detection, collator); rounds replace it.
         first = prompts[0].messages
         placeholder = Dataset.from_list([{
@@ -123,6 +127,7 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
             model=model, ref_model=ref_model, args=args, train_dataset=placeholder,
             processing_class=processing_class, peft_config=peft_config,
         )
+        args.max_steps = max_optimizer_steps(len(prompts), args, self.accelerator.num_processes)  # read by train()
         self.add_callback(_RoundCallback(self))
         self.store = RoundStore(args.output_dir)
         self.rule = PairRule(args.chosen_threshold, args.rejected_threshold, args.max_chosen, args.max_rejected)
@@ -130,6 +135,7 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
         self.start_round = 0
         self._current: dict | None = None
         self._pool = None
+        self._weights_dirty = True  # the sampler has not seen the current weights yet
 
     # ----- rounds --------------------------------------------------------------------------------------------
     def get_train_dataloader(self):
@@ -146,6 +152,7 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
                 "round": r, "summary": summary, "logs": [], "train_start": time.time(), "steps": n_steps,
                 "end_step": self.state.global_step + n_steps,
             }
+            self._weights_dirty = True
             yield from batches
         self.control.should_training_stop = True
 
@@ -164,10 +171,12 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
         return self._pool
 
     def close(self) -> None:
-        """Stop the verifier pool (main process only holds one)."""
+        """Stop the verifier pool (main process only holds one) and the sampler's engine, if it has one."""
         if self._pool is not None:
             self._pool.__exit__(None, None, None)
             self._pool = None
+        if hasattr(self.sampler, "close"):
+            self.sampler.close()
 
     def _prepare_round(self, r: int) -> tuple[list[dict], dict]:
         """Samples, scores and pairs for round `r`: from disk when already written, else produced and written."""
@@ -183,13 +192,9 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
         status = broadcast_object_list([status])[0]
 
         if status is None:  # every rank samples its share of the prompts
-            self.sampler.sync_weights()
             t0 = time.time()
-            mine = list(range(acc.process_index, len(rows), acc.num_processes))
-            outs = self.sampler.sample([rows[i].messages for i in mine], self.args.num_samples)
-            gathered = gather_object(list(zip(mine, outs, strict=True)))
+            responses = self._sample_all(rows, self.args.num_samples)
             if acc.is_main_process:
-                responses = [resp for _, resp in sorted(gathered, key=lambda t: t[0])]
                 store.save_samples(r, ids, responses, seconds=time.time() - t0)
 
         result = None
@@ -199,24 +204,53 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
         pairs, summary = broadcast_object_list([result])[0]
         return pairs, dict(summary, reused_pairs=status == "pairs")
 
-    def _score_and_pair(self, r: int, rows: list[PromptRow], ids: list[str], reused: bool) -> tuple[list, dict]:
+    def _sample_all(self, rows: list[PromptRow], num_samples: int) -> list[list[str]] | None:
+        """Every rank samples its share of `rows`; the main process gets all responses in row order (others None)."""
+        acc = self.accelerator
+        if self._weights_dirty:
+            self.sampler.sync_weights()
+            self._weights_dirty = False
+        mine = list(range(acc.process_index, len(rows), acc.num_processes))
+        outs = self.sampler.sample([rows[i].messages for i in mine], num_samples)
+        gathered = gather_object(list(zip(mine, outs, strict=True)))
+        return [resp for _, resp in sorted(gathered, key=lambda t: t[0])] if acc.is_main_process else None
+
+    def _score(self, rows: list[PromptRow], responses: list[list[str]], progress: bool = True):
+        """Main process only: each response's verifier results and pass rate, per prompt."""
         from autoif_train.sandbox import pass_rate
 
+        calls = [(code, resp) for row, resps in zip(rows, responses) for resp in resps for code in row.verifiers]
+        flat = self._verifier_pool().run(calls, progress=progress)
+        results, pass_rates, k = [], [], 0
+        for row, resps in zip(rows, responses):
+            per_prompt = []
+            for _ in resps:
+                per_prompt.append(flat[k : k + len(row.verifiers)])
+                k += len(row.verifiers)
+            results.append(per_prompt)
+            pass_rates.append([pass_rate(res) for res in per_prompt])
+        return results, pass_rates
+
+    def _heldout_pass_rate(self, r: int) -> float:
+        """Mean verifier pass rate of one sample per held-out prompt (RNG forked: training randomness is unchanged)."""
+        with torch.random.fork_rng():
+            responses = self._sample_all(self.eval_prompts, 1)
+        rate = None
+        if self.accelerator.is_main_process:
+            _, pass_rates = self._score(self.eval_prompts, responses, progress=False)
+            rows = [{"prompt_id": row.id, "response": resp[0], "pass_rate": rates[0]}
+                    for row, resp, rates in zip(self.eval_prompts, responses, pass_rates)]
+            self.store.save_heldout(r, rows)
+            rate = sum(row["pass_rate"] for row in rows) / len(rows)
+        return broadcast_object_list([rate])[0]
+
+    def _score_and_pair(self, r: int, rows: list[PromptRow], ids: list[str], reused: bool) -> tuple[list, dict]:
         store = self.store
         responses = store.load_samples(r, ids)
         pass_rates = store.load_scores(r, ids)
         if pass_rates is None:
             t0 = time.time()
-            calls = [(code, resp) for row, resps in zip(rows, responses) for resp in resps for code in row.verifiers]
-            flat = self._verifier_pool().run(calls, progress=True)
-            results, pass_rates, k = [], [], 0
-            for row, resps in zip(rows, responses):
-                per_prompt = []
-                for _ in resps:
-                    per_prompt.append(flat[k : k + len(row.verifiers)])
-                    k += len(row.verifiers)
-                results.append(per_prompt)
-                pass_rates.append([pass_rate(res) for res in per_prompt])
+            results, pass_rates = self._score(rows, responses)
             store.save_scores(r, ids, results, pass_rates, seconds=time.time() - t0)
         pairs, stats = build_round_pairs(ids, responses, pass_rates, self.rule, seed=self.args.seed + r)
         all_rates = [x for rates in pass_rates for x in rates]
@@ -278,6 +312,8 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
         record = self._round_record(cur["summary"], cur["logs"], checkpoint, cur["steps"],
                                     time.time() - cur["train_start"])
         self._current = None
+        if self.args.eval_every_round and self.eval_prompts:
+            record["heldout_pass_rate"] = self._heldout_pass_rate(cur["round"])
         self.accelerator.wait_for_everyone()  # every rank's checkpoint shard is on disk
         if self.accelerator.is_main_process:
             self.store.mark_complete(cur["round"], record)
@@ -312,6 +348,11 @@ def run_online_dpo(script_args, training_args, model_args, model_init_kwargs: di
     prompts = load_prompt_rows(script_args.dataset_path, script_args.verifier_bundle, script_args.dataset_split)
     if script_args.max_train_samples:
         prompts = prompts[: script_args.max_train_samples]
+    eval_prompts = None
+    if script_args.eval_dataset_path:
+        eval_prompts = load_prompt_rows(script_args.eval_dataset_path, script_args.verifier_bundle)
+    if training_args.eval_every_round and not eval_prompts:
+        raise ValueError("eval_every_round needs eval_dataset_path: held-out prompt rows with verifiers")
 
     # ----- Trainer
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
@@ -320,7 +361,7 @@ def run_online_dpo(script_args, training_args, model_args, model_init_kwargs: di
     training_args.model_init_kwargs = model_init_kwargs
     trainer = AutoIFOnlineDPOTrainer(
         model=model_args.model_name_or_path, args=training_args, prompts=prompts, processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=get_peft_config(model_args), eval_prompts=eval_prompts,
     )
 
     # ----- Rounds (resuming after the last complete one)

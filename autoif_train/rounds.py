@@ -103,6 +103,9 @@ class RoundStore:
         path = self.round_dir(r) / name
         return json.loads(path.read_text()).get(key, 0.0) if path.is_file() else 0.0
 
+    def save_heldout(self, r: int, rows: list[dict]) -> None:
+        _write_jsonl(self.round_dir(r, create=True) / "heldout.jsonl", rows)
+
     # completion --------------------------------------------------------------------------------------------
     def mark_complete(self, r: int, record: dict) -> None:
         """Record round `r` as complete (after its checkpoint exists) and rewrite `rounds.jsonl` from all rounds."""

@@ -164,6 +164,8 @@ def wait_for_server(base_url: str, timeout: float, interval: float = 1.0) -> Non
                 if response.status == 200:
                     return
                 problem = f"HTTP {response.status}"
+        except urllib.error.HTTPError as err:
+            problem = f"HTTP {err.code}"
         except (urllib.error.URLError, OSError) as err:
             problem = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
         if time.monotonic() >= deadline:

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from autoif_train.sandbox import IsolationUnavailable, VerifierPool, check_isolation, code_hash, lockdown, pass_rate
+from autoif_train.sandbox import (
+    IsolationUnavailable,
+    SandboxError,
+    VerifierPool,
+    check_isolation,
+    code_hash,
+    lockdown,
+    pass_rate,
+    score_responses,
+)
 from autoif_train.sandbox import pool as pool_module
 
 LOWER = "def evaluate(response):\n    return response == response.lower()\n"
@@ -67,6 +76,19 @@ def test_result_semantics_and_pass_rate(pool):
     assert pass_rate([True, False, None, True]) == pytest.approx(2 / 3)
     assert pass_rate([None, None]) == 0.0
     assert pass_rate([]) == 0.0
+
+
+def test_score_responses_groups_results_per_response(pool):
+    short = "def evaluate(r):\n    return len(r) < 5\n"
+    broken = "def evaluate(r):\n    return r[1000]\n"
+    items = [("abc", [LOWER, short]), ("ABCDEFG", [LOWER, short, broken]), ("x", [broken]), ("y", [])]
+    assert score_responses(pool, items) == [
+        ([True, True], 1.0),
+        ([False, False, None], 0.0),
+        ([None], 0.0),
+        ([], 0.0),
+    ]
+    assert score_responses(pool, [("Ab", [LOWER, short])])[0][1] == 0.5
 
 
 def test_order_preserved_across_batches_and_workers(pool):
@@ -401,6 +423,21 @@ def test_no_pickle_transport_in_the_sandbox_package():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not {n.split(".")[0] for n in names} & banned, f"{path.name} imports {names}"
+
+
+def test_forked_child_neither_uses_nor_stops_the_workers(pool):
+    pid = os.fork()
+    if pid == 0:  # child: run() refuses, close() leaves the parent's workers alone
+        code = 0
+        try:
+            pool.run([(LOWER, "a")])
+            code = 1
+        except SandboxError:
+            pool.close()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert_healthy(pool)
 
 
 def test_recycling_keeps_answers_correct():

@@ -271,6 +271,10 @@ def test_queries_source_formats_and_errors(tmp_path):
     assert sorted(r["query_id"] for r in result.rows) == ["s1", "s4"]
     assert result.rows[0]["prompt"].endswith("\nNo commas.") and result.rows[0]["functions"] == [NO_COMMA]
     assert queries.finalize(ctx, result.rows).details == Counter({"source:too_short": 1, "source:duplicate": 1})
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(json.dumps({"id": "x", "query_id": "s4", "prompt": "..."}) + "\n")
+    ctx = make_ctx(tmp_path / "h", query_source=str(path), exclude_queries=[str(heldout)])
+    assert [q["query_id"] for q in queries.load_queries(ctx.config)[0]] == ["s1"]
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"query": "short"}) + "\n")
     with pytest.raises(SynthError, match=r"empty.jsonl.*no usable queries"):

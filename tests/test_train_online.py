@@ -28,9 +28,11 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_rounds_write_samples_scores_pairs_and_train(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    result = _run(tiny_model_dir, out)
+    result = _run(tiny_model_dir, out, "--eval_dataset_path", str(DATA / "heldout_prompts.jsonl"),
+                  "--eval_every_round", "true")
 
     # one record per round, in the result and in rounds.jsonl, with the metrics
     assert [r["round"] for r in result.rounds] == [0, 1]
@@ -59,6 +61,10 @@ def test_two_rounds_write_samples_scores_pairs_and_train(tiny_model_dir, tmp_pat
                 assert rate == pytest.approx(sum(bools) / len(bools))
                 if s["prompt_id"] in ("p00", "p04"):  # single verifier: even length
                     assert res == [len(text) % 2 == 0]
+        heldout = _jsonl(folder / "heldout.jsonl")  # one sample per held-out prompt after this round's update
+        assert [h["prompt_id"] for h in heldout] == ["h0", "h1", "h2"]
+        assert rec["heldout_pass_rate"] == pytest.approx(sum(h["pass_rate"] for h in heldout) / 3)
+        assert heldout[0]["pass_rate"] == float(len(heldout[0]["response"]) % 2 == 0)
         rates = [x for sc in scores for x in sc["pass_rates"]]
         assert min(rates) == 0.0 and max(rates) >= 0.5  # pass rates vary, which pairs need
         # the pair rule: chosen >= 0.5, rejected == 0, at most 2 x 2 per prompt
@@ -81,13 +87,32 @@ def test_round_without_pairs_is_logged_and_skipped(tiny_model_dir, tmp_path, cap
     out = tmp_path / "empty"
     with caplog.at_level("WARNING"):
         result = _run(tiny_model_dir, out, "--dataset_path", str(DATA / "online_prompts_always_pass.jsonl"),
-                      "--prompts_per_round", "2")
+                      "--prompts_per_round", "2", "--report_to", "tensorboard")
     assert [(r["round"], r["pairs"], r["train_steps"], r["checkpoint"]) for r in result.rounds] == [
         (0, 0, 0, None), (1, 0, 0, None)]
     assert all(r["mean_pass_rate"] == 1.0 and r["skipped_prompts"] == 2 for r in result.rounds)
     assert "round 0: no prompt gave both" in caplog.text and "round logged and skipped" in caplog.text
     before, after = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing trained
+
+    # the round metrics reached report_to (tensorboard here)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [EventAccumulator(str(p.parent)).Reload() for p in out.rglob("events.out.tfevents.*")]
+    tags = {tag for acc in events for tag in acc.Tags()["scalars"]}
+    assert {"train/round/pairs", "train/round/mean_pass_rate", "train/round/skipped_prompts"} <= tags, tags
+
+
+def test_use_vllm_without_vllm_is_a_clear_error():
+    import importlib.util
+    from types import SimpleNamespace
+
+    from autoif_train.sampling import build_sampler
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ImportError, match="use_vllm: true needs vLLM"):
+        build_sampler(trainer=None, config=SimpleNamespace(use_vllm=True))
 
 
 def test_prompt_without_verifiers_fails_before_loading_a_model(tmp_path):
@@ -98,3 +123,14 @@ def test_prompt_without_verifiers_fails_before_loading_a_model(tmp_path):
         _run(tmp_path / "no-model-needed", tmp_path / "o", "--dataset_path", str(bad),
              "--verifier_bundle", str(DATA / "functions.jsonl"))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_online_dpo_with_lora_saves_a_trained_adapter(tiny_model_dir, tmp_path):
+    out = tmp_path / "lora"
+    result = _run(tiny_model_dir, out, "--num_rounds", "1", "--use_peft", "true", "--lora_r", "4",
+                  "--lora_target_modules", "q_proj", "v_proj")
+    assert result.rounds[0]["train_steps"] >= 1
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # B starts at zero

@@ -4,6 +4,7 @@ Run: python -m pytest tests/test_train_resume.py -q -m slow
 The ZeRO-3 test launches 2 CPU processes with accelerate_configs/cpu_zero3.yaml (real DeepSpeed partitioning).
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -41,6 +43,17 @@ def _run(cmd: list[str], log: Path, timeout: float = 400) -> None:
     assert proc.returncode == 0, log.read_text()[-4000:]
 
 
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and every process under it (torch's launcher puts ranks in their own sessions)."""
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.wait()
+    psutil.wait_procs(family, timeout=30)
+
+
 def _run_and_kill_in_round_2(cmd: list[str], out: Path, log: Path, timeout: float = 400) -> None:
     """Start the run and SIGKILL its whole process group as soon as round 2's pairs are on disk."""
     marker = out / "rounds" / "round_0001" / "pairs.json"
@@ -52,8 +65,7 @@ def _run_and_kill_in_round_2(cmd: list[str], out: Path, log: Path, timeout: floa
             assert proc.poll() is None, f"run ended before round 2: {log.read_text()[-4000:]}"
             assert time.time() < deadline, "round 2 never started"
             time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_tree(proc)
     assert not (out / "rounds" / "round_0001" / "complete.json").exists(), "round 2 finished before the kill"
 
 

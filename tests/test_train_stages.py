@@ -54,6 +54,7 @@ def test_sft_loss_is_on_assistant_tokens_only(tiny_model_dir, tmp_path):
     assert len(example["input_ids"]) > len(trained)
 
 
+@pytest.mark.slow
 def test_dpo_with_lora_trains_only_the_adapter(tiny_model_dir, tmp_path):
     out = tmp_path / "lora"
     _run("dpo.yaml", tiny_model_dir, out, "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8",

@@ -6,7 +6,7 @@ prompt tokens), checked against the engine's context (a prompt that leaves no ro
 built by `autoif_train.vllm_engine` (fp32 + eager + a small memory share on CPU; `tensor_parallel_size` on GPUs).
 Seeds: on GPU the request seed is `config.seed + prompt index`, so a prompt's samples do not depend on the rest
 of the batch; on CPU vLLM rejects per-request seeds, so only the engine seed applies and runs are not repeatable
-sample for sample. Not protected against: a model whose tokenizer has no chat template (refused at start-up).
+sample for sample. Greedy (`temperature=0`) runs once per prompt and returns `n` copies. Not protected against: a model whose tokenizer has no chat template (refused at start-up).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class VLLMGenerator(Generator):
             seed = None if config.seed is None or self.cpu else config.seed + i
             params.append(
                 sampling_params(
-                    n=config.n, temperature=config.temperature, top_p=1.0 if greedy else config.top_p,
+                    n=1 if greedy else config.n, temperature=config.temperature, top_p=1.0 if greedy else config.top_p,
                     max_tokens=config.max_new_tokens, stop=config.stop, seed=seed, skip_special_tokens=True,
                 )
             )
@@ -96,6 +96,7 @@ class VLLMGenerator(Generator):
         results = []
         for i, out in enumerate(outputs):
             texts = [apply_stop(c.text, config.stop) for c in sorted(out.outputs, key=lambda c: c.index)]
+            texts = texts * config.n if greedy else texts  # vLLM refuses n > 1 for greedy: copies, as documented
             if len(texts) != config.n:
                 raise GenerationError(f"vllm backend: prompt {i} got {len(texts)} completions, expected {config.n}")
             results.append(texts)

@@ -20,7 +20,7 @@ Applied in the worker, in this order:
     (Landlock ABI >= 4 / >= 6 where the kernel has it);
   - seccomp (EPERM): socket/socketpair/connect/bind/listen/accept, execve/execveat, fork/vfork and clone without
     CLONE_THREAD (threads are allowed; clone3 -> ENOSYS so libc falls back to clone), kill/tkill/tgkill/
-    pidfd_*/rt_sigqueueinfo, ptrace/process_vm_*, open/openat/creat with write, create or truncate flags
+    pidfd_*/rt_sigqueueinfo, ptrace/process_vm_*, open/openat/creat with write, create, truncate or append flags
     (openat2 -> ENOSYS), unlink/rename/mkdir/rmdir/link/symlink/mknod/chmod/chown/truncate/utime/xattr writes,
     mount/umount/unshare/setns/chroot/pivot_root, setsid/setpgid, raising rlimits, io_uring, bpf,
     perf_event_open, userfaultfd, memfd_create, keyctl, module/kexec/reboot/swap calls.
@@ -28,10 +28,10 @@ The worker also starts with an empty environment and stdin/stdout/stderr pointed
 pool is a pair of private pipe fds).
 
 Not protected against: kernel exploits through the syscalls that stay allowed; reading what is readable (system
-files under /usr, the Python installation); CPU and memory use up to the limits; a verifier lying
-about its own result, or, since all verifiers in one worker share a process, tampering with the results or module
-state of other calls in the same worker (e.g. writing fake result lines to the channel fd). Results carry only
-true/false/null, so a verifier cannot make the caller run code.
+files under /usr, the Python installation); CPU and memory use up to the limits; a verifier lying about its own
+result or, since the verifiers in one worker share a process, tampering with the results, module state or progress
+counter of other calls in the same worker (e.g. writing fake result lines to the channel fd, or making the
+watchdog blame another call). Results carry only true/false/null, so a verifier cannot make the caller run code.
 """
 
 from __future__ import annotations

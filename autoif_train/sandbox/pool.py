@@ -48,7 +48,7 @@ _BOOTSTRAP = f"import sys; sys.path.append({_PKG_ROOT!r}); from autoif_train.san
 
 
 class SandboxError(RuntimeError):
-    """The pool itself cannot work (it was used after close)."""
+    """The pool cannot be used (after close(), or in a process forked from its owner)."""
 
 
 def code_hash(code: str) -> str:
@@ -183,6 +183,7 @@ class VerifierPool:
         self._workers: list[_Worker] = []
         self._closed = False
         self._failed_starts = 0
+        self._owner = os.getpid()  # a forked child (e.g. a DataLoader worker) must not use or stop these workers
         try:
             for _ in range(workers):
                 self._workers.append(self._spawn())
@@ -198,6 +199,8 @@ class VerifierPool:
         with self._lock:
             if self._closed:
                 raise SandboxError("VerifierPool.run() called after close()")
+            if os.getpid() != self._owner:
+                raise SandboxError("VerifierPool.run() called in a forked child; create a pool in this process")
             results: list[Result] = [None] * len(calls)
             codes: dict[str, str] = {}
             keyed = []
@@ -231,6 +234,8 @@ class VerifierPool:
         if self._closed:
             return
         self._closed = True
+        if os.getpid() != self._owner:
+            return
         for w in self._workers:
             if w.state != "dead":
                 try:

@@ -70,6 +70,9 @@ class SynthConfig:
     query_max_chars: int = field(default=300, metadata={"help": "Longer queries are dropped (paper: 300)."})
     max_query_rows: int | None = field(default=None, metadata={"help": "Read at most this many source rows."})
     queries_per_instruction: int = field(default=16, metadata={"help": "K: queries paired with each instruction."})
+    exclude_queries: list = field(
+        default_factory=list, metadata={"help": "JSONL files of held-out rows (field query_id) never used here."}
+    )
     # 6. responses
     responses_per_query: int = field(default=8, metadata={"help": "K: responses sampled per query."})
     response_temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
@@ -147,6 +150,8 @@ def load_synth_config(path: str | None = None, overrides: dict[str, Any] | None 
     for name in PATH_FIELDS:
         if name in data:
             data[name] = _resolve_path(data[name], recipe_dir)
+    if isinstance(data.get("exclude_queries"), list):
+        data["exclude_queries"] = [_resolve_path(s, recipe_dir) for s in data["exclude_queries"]]
     if "decontamination_sources" in data and isinstance(data["decontamination_sources"], list):
         data["decontamination_sources"] = [
             _resolve_path(s, recipe_dir) if str(s).endswith((".jsonl", ".json")) else s

@@ -21,6 +21,7 @@ from autoif_train.synth.artifacts import atomic_write_text, write_jsonl
 from autoif_train.synth.quality import good
 
 NAME = "export"
+FILES = ("sft.jsonl", "sft_alpaca.json", "dpo.jsonl", "online_dpo_prompts.jsonl")
 
 
 def _user(text: str) -> list[dict]:

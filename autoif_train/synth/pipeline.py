@@ -154,6 +154,8 @@ def run_pipeline(
     if from_stage is not None:
         for name in STAGES[STAGES.index(from_stage) :]:
             run.reset(name)
+        for name in export.FILES:  # stale deliverables must not outlive the stages they came from
+            (run.root / name).unlink(missing_ok=True)
     ctx = SynthContext(config, run, generator)
     try:
         previous = None

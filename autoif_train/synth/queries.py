@@ -2,7 +2,8 @@
 
 The source is a local JSONL/JSON file (rows with a `query`/`prompt`/`instruction`/`question`/`text` field, or
 ShareGPT rows whose first human turn is used) or a `datasets` id. Queries outside [query_min_chars,
-query_max_chars] and exact duplicates are dropped (counted in details as `source:*`). Each instruction gets K
+query_max_chars], exact duplicates and queries listed in `exclude_queries` (held-out evaluation rows, by
+`query_id`) are dropped (counted in details as `source:*`). Each instruction gets K
 queries sampled with a seed derived from (run seed, instruction id), so pairing does not depend on chunking.
 An empty source is a clear error raised before any row of this stage is written; earlier stages stay finished.
 """
@@ -67,11 +68,19 @@ def load_queries(cfg) -> tuple[list[dict], Counter]:
     rows = _read_source(cfg)
     if cfg.max_query_rows:
         rows = rows[: cfg.max_query_rows]
+    excluded = set()
+    for path in cfg.exclude_queries:
+        try:
+            excluded.update(str(r["query_id"]) for r in read_jsonl(path, required=("query_id",)))
+        except FileNotFoundError as err:
+            raise SynthError(f"exclude_queries: file not found: {path}") from err
     kept, seen, stats = [], set(), Counter()
     for index, row in enumerate(rows):
         text = _query_of(row, cfg.query_field)
         text = text.strip() if text else text
-        if not text:
+        if str(row.get("id", index)) in excluded:
+            stats["source:excluded"] += 1
+        elif not text:
             stats["source:no_query"] += 1
         elif len(text) < cfg.query_min_chars:
             stats["source:too_short"] += 1

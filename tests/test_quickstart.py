@@ -1,0 +1,110 @@
+"""The quickstart: report schema and plot from measured records, and a smoke run of the whole loop on a tiny model.
+
+Run: python -m pytest tests/test_quickstart.py -q
+The smoke run uses the real quickstart recipe with tiny overrides, the tiny random Llama from conftest, and the
+parity verifiers of tests/data (pass rates vary with response length, so pairs form).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autoif_train import quickstart
+from autoif_train.quickstart_report import build_report, by_group, check_report, plot_pass_rate
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _records(rates, cats):
+    return [{"id": f"r{i}", "pass_rate": r, "category": c, "instruction_id": f"{c}_{i % 2}"}
+            for i, (r, c) in enumerate(zip(rates, cats))]
+
+
+def test_report_arranges_measured_numbers_and_per_category_means():
+    before = ({"pass_rate": 0.25}, _records([0.0, 0.5, 0.5, 0.0], ["case", "case", "length", "length"]))
+    after = ({"pass_rate": 0.625}, _records([1.0, 0.5, 1.0, 0.0], ["case", "case", "length", "length"]))
+    rounds = [{"round": 0, "mean_pass_rate": 0.3, "pairs": 5, "checkpoint": "checkpoint-3", "prompts": 4}]
+    report = build_report(before, after, rounds, {"model": "m"}, {"total": 1.0})
+    check_report(report)
+    assert report["held_out"]["delta_pass_rate"] == pytest.approx(0.375)
+    assert report["held_out"]["before"]["by_category"] == {"case": 0.25, "length": 0.25}
+    assert report["held_out"]["after"]["by_category"] == {"case": 0.75, "length": 0.5}
+    assert report["rounds"] == [{"round": 0, "prompts": 4, "pairs": 5, "mean_pass_rate": 0.3}]
+    assert by_group(after[1], "instruction_id") == {"case_0": 1.0, "case_1": 0.5, "length_0": 1.0, "length_1": 0.0}
+
+
+@pytest.mark.parametrize("broken, message", [
+    ({"held_out": {"before": {"pass_rate": 1.5}, "after": {"pass_rate": 0.1}}, "rounds": []}, "before.pass_rate"),
+    ({"held_out": {"before": {"pass_rate": 0.5}, "after": {}}, "rounds": []}, "after.pass_rate"),
+    ({"held_out": {"before": {"pass_rate": 0.5}, "after": {"pass_rate": 0.1}}, "rounds": None}, "'rounds'"),
+    ({"held_out": {"before": {"pass_rate": 0.5}, "after": {"pass_rate": 0.1}}, "rounds": [{"round": 1}]},
+     r"rounds\[0\]"),
+])
+def test_check_report_names_the_bad_field(broken, message):
+    with pytest.raises(ValueError, match=message):
+        check_report(broken)
+
+
+def test_plot_writes_a_png(tmp_path):
+    report = {"held_out": {"before": {"pass_rate": 0.2}, "after": {"pass_rate": 0.4}},
+              "rounds": [{"round": 0, "mean_pass_rate": 0.25}, {"round": 1, "mean_pass_rate": 0.35}]}
+    plot_pass_rate(report, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_unknown_recipe_key_is_an_error_naming_it(tiny_model_dir, tmp_path, capsys):
+    code = quickstart.cli(["--out", str(tmp_path / "q"), "--model", str(tiny_model_dir), "--num_roundz", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'num_roundz'" in err and "did you mean 'num_rounds'" in err
+    assert not (tmp_path / "q" / "report.json").exists()
+
+
+TINY = [
+    "--dataset_path", str(DATA / "online_prompts.jsonl"), "--verifier_bundle", str(DATA / "functions.jsonl"),
+    "--num_rounds", "2", "--prompts_per_round", "3", "--num_samples", "4", "--max_new_tokens", "8",
+    "--temperature", "1.0", "--generation_batch_size", "3", "--per_device_train_batch_size", "2",
+    "--gradient_accumulation_steps", "1", "--max_length", "96", "--learning_rate", "1e-3", "--verifier_workers", "1",
+]
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_a_well_formed_report_and_resumes(tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    out = tmp_path / "qs"
+    args = ["--out", str(out), "--model", str(tiny_model_dir), "--heldout", str(DATA / "online_prompts.jsonl"),
+            "--max-heldout", "4", "--eval-max-new-tokens", "8", "--eval-batch-size", "2", *TINY]
+    assert quickstart.cli(args) == 0
+
+    report = json.loads((out / "report.json").read_text())
+    check_report(report)
+    assert report["settings"]["heldout_prompts"] == 4
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert all(r["prompts"] == 3 for r in report["rounds"])
+    assert (out / "pass_rate.png").read_bytes()[:8] == PNG_MAGIC
+    before = json.loads((out / "heldout_before.json").read_text())
+    after = json.loads((out / "heldout_after.json").read_text())
+    assert len(before["records"]) == len(after["records"]) == 4
+    assert before["meta"]["model"] == str(tiny_model_dir) and after["meta"]["model"] == str(out / "online_dpo")
+    # the reported fraction is the mean of the recorded per-prompt pass rates
+    assert report["held_out"]["after"]["pass_rate"] == pytest.approx(
+        sum(r["pass_rate"] for r in after["records"]) / 4)
+
+    trained_pairs = sum(r["pairs"] for r in report["rounds"])
+    assert trained_pairs > 0, "parity verifiers on 4 samples should give at least one pair"
+    old, new = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "online_dpo" / "model.safetensors")
+    assert any(not torch.equal(old[k], new[k]) for k in old), "online DPO did not change the weights"
+
+    # rerun: the finished evaluation and rounds are reused, nothing is retrained
+    stamp = (out / "online_dpo" / "rounds.jsonl").stat().st_mtime_ns
+    assert quickstart.cli(args) == 0
+    assert (out / "online_dpo" / "rounds.jsonl").stat().st_mtime_ns == stamp
+    assert json.loads((out / "report.json").read_text())["held_out"] == report["held_out"]

@@ -1,0 +1,214 @@
+"""vLLM for real on CPU: an online-DPO run sampling through vLLM, weight sync checked by log-probs, the synthesis backend.
+
+Run (in the vLLM environment): .venv-vllm/bin/python -m pytest tests/test_vllm_engine.py -q
+
+vLLM keeps per-process distributed state, so each scenario runs in a fresh interpreter (this file run as a script,
+`python tests/test_vllm_engine.py SCENARIO OUT.json`), once per module; the tests assert on what it reports.
+The tiny model here has head_dim 32 (vLLM's CPU attention supports 32..512, the conftest model has 8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+FIXED_COMPLETION = "Yes, the capital of France is Paris."
+
+
+def build_vllm_tiny_model(save_dir: Path) -> Path:
+    """A 2-layer random Llama (hidden 64, 2 heads of 32) + the conftest tokenizer, loadable by vLLM on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import build_tokenizer
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(save_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, max_position_embeddings=256, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(save_dir)
+    return save_dir
+
+
+def hf_logprobs(model, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+    """Per-token log-probs of `completion_ids` after `prompt_ids` under a transformers model."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + completion_ids])).logits[0, :-1].float()
+        logp = torch.log_softmax(logits, -1)
+    start = len(prompt_ids) - 1
+    return [logp[start + i, tok].item() for i, tok in enumerate(completion_ids)]
+
+
+# ----- scenarios (run in a subprocess) ----------------------------------------------------------------------------
+def scenario_online(work: Path) -> dict:
+    """One online-DPO run (2 rounds) sampling with colocated vLLM; log-probs of a fixed completion around a sync."""
+    from autoif_train.configs import parse_recipe
+    from autoif_train.online_dpo import AutoIFOnlineDPOTrainer
+    from autoif_train.prompt_data import load_prompt_rows
+    from autoif_train.train import model_init_kwargs
+    from autoif_train.vllm_sampling import VLLMSampler
+
+    model_dir = build_vllm_tiny_model(work / "model")
+    script_args, args, model_args = parse_recipe(
+        str(ROOT / "recipes" / "tiny" / "online_dpo.yaml"),
+        ["--model_name_or_path", str(model_dir), "--output_dir", str(work / "run"), "--use_vllm", "true",
+         "--vllm_mode", "colocate", "--learning_rate", "5e-2"],
+    )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    args.model_init_kwargs = model_init_kwargs(model_args)
+    prompts = load_prompt_rows(script_args.dataset_path, script_args.verifier_bundle, script_args.dataset_split)
+    trainer = AutoIFOnlineDPOTrainer(model=str(model_dir), args=args, prompts=prompts, processing_class=tokenizer)
+    sampler = trainer.sampler
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(FIXED_COMPLETION, add_special_tokens=False)["input_ids"]
+    report = {"sampler": type(sampler).__name__, "is_vllm_sampler": isinstance(sampler, VLLMSampler)}
+    report["before_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
+    report["before_hf"] = hf_logprobs(trainer.model, prompt_ids, completion_ids)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    report["stale_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
+    sampler.sync_weights()
+    report["after_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
+    report["after_hf"] = hf_logprobs(trainer.model, prompt_ids, completion_ids)
+    report["rounds"] = trainer.store.completed()
+    report["samples"] = [
+        json.loads(line)
+        for r in range(2)
+        for line in (work / "run" / "rounds" / f"round_{r:04d}" / "samples.jsonl").read_text().splitlines()
+    ]
+    report["syncs"] = sampler.syncs
+    return report
+
+
+def scenario_backend(work: Path) -> dict:
+    """The synthesis backend through vLLM: batched sampling, greedy parity with transformers, context errors."""
+    from autoif_train.generation import GenerationConfig, build_generator
+    from autoif_train.vllm_engine import ContextLengthError
+
+    model_dir = build_vllm_tiny_model(work / "model")
+    prompts = ["Write a short poem about the sea.", [{"role": "user", "content": "What is the capital of France?"}],
+               "Explain photosynthesis in fewer than twenty words."]
+    report = {}
+    gen = build_generator("vllm", model=str(model_dir), max_model_len=128, progress=False)
+    try:
+        sampled = gen.generate(prompts, GenerationConfig(n=4, temperature=1.0, max_new_tokens=12))
+        report["sampled"] = sampled
+        report["greedy_vllm"] = gen.generate(prompts, GenerationConfig(n=2, temperature=0.0, max_new_tokens=12))
+        try:
+            gen.generate(["banana " * 200], GenerationConfig(n=1, max_new_tokens=8))
+            report["too_long"] = None
+        except ContextLengthError as err:
+            report["too_long"] = str(err)
+    finally:
+        gen.close()
+    hf = build_generator("transformers", model=str(model_dir), progress=False)
+    report["greedy_hf"] = hf.generate(prompts, GenerationConfig(n=1, temperature=0.0, max_new_tokens=12))
+    try:
+        build_generator("vllm", model=str(model_dir), max_model_len=4096)
+        report["max_len_error"] = None
+    except ContextLengthError as err:
+        report["max_len_error"] = str(err)
+    return report
+
+
+SCENARIOS = {"online": scenario_online, "backend": scenario_backend}
+
+
+def run_scenario(name: str, tmp_path: Path) -> dict:
+    """Run one scenario in a fresh interpreter; its JSON report comes back (stderr shown on failure)."""
+    out = tmp_path / f"{name}.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    proc = subprocess.run(
+        [sys.executable, __file__, name, str(tmp_path), str(out)], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=420,
+    )
+    if proc.returncode != 0 or not out.exists():
+        pytest.fail(f"scenario {name} failed (rc={proc.returncode}):\n{proc.stderr[-6000:]}")
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def online_report(tmp_path_factory):
+    pytest.importorskip("vllm")
+    return run_scenario("online", tmp_path_factory.mktemp("vllm-online"))
+
+
+@pytest.fixture(scope="module")
+def backend_report(tmp_path_factory):
+    pytest.importorskip("vllm")
+    return run_scenario("backend", tmp_path_factory.mktemp("vllm-backend"))
+
+
+# ----- tests ------------------------------------------------------------------------------------------------------
+def test_online_dpo_rounds_sample_through_vllm(online_report):
+    assert online_report["is_vllm_sampler"], online_report["sampler"]
+    assert [r["round"] for r in online_report["rounds"]] == [0, 1]
+    assert all(r["pairs"] > 0 and r["train_steps"] >= 1 for r in online_report["rounds"])
+    samples = online_report["samples"]
+    assert len(samples) == 8 and all(len(s["responses"]) == 4 for s in samples)
+    # sampled at temperature 1 from a random model: the K responses of a prompt are not all the same
+    assert all(len(set(s["responses"])) > 1 for s in samples)
+    # one sync before each round's sampling, plus the explicit one at the end
+    assert online_report["syncs"] == 3
+
+
+def test_vllm_logprobs_follow_the_trainer_weights_across_a_sync(online_report):
+    r = online_report
+    before_v, before_h, after_v, after_h = r["before_vllm"], r["before_hf"], r["after_vllm"], r["after_hf"]
+    assert len(before_v) == len(before_h) > 3
+    # vLLM serves exactly the trainer's weights before training and after the sync (fp32: equal to ~1e-4)
+    assert before_v == pytest.approx(before_h, abs=1e-3)
+    assert after_v == pytest.approx(after_h, abs=1e-3)
+    # training moved the weights, so the log-probs differ clearly between the two
+    assert abs(sum(after_h) - sum(before_h)) > 0.05
+    # without a sync vLLM still had older weights (those of the last round's start), not the final ones
+    assert r["stale_vllm"] != pytest.approx(after_h, abs=1e-3)
+
+
+def test_backend_batches_n_samples_per_prompt(backend_report):
+    sampled = backend_report["sampled"]
+    assert [len(s) for s in sampled] == [4, 4, 4]
+    assert all(len(set(s)) > 1 for s in sampled)
+
+
+def test_backend_greedy_matches_transformers(backend_report):
+    greedy = backend_report["greedy_vllm"]
+    assert all(a == b for a, b in greedy)  # n copies of the one greedy answer
+    # same tokens; vLLM's incremental detokenizer holds back a trailing partial UTF-8 character that
+    # transformers' batch_decode renders as U+FFFD, so compare up to that
+    for (ours, _), (theirs,) in zip(greedy, backend_report["greedy_hf"], strict=True):
+        assert len(ours) > 3 and theirs.startswith(ours) and set(theirs[len(ours) :]) <= {"\ufffd"}
+
+
+def test_backend_context_errors_name_the_numbers(backend_report):
+    assert "prompt 0" in backend_report["too_long"] and "max_model_len" in backend_report["too_long"]
+    assert "4096" in backend_report["max_len_error"] and "256" in backend_report["max_len_error"]
+
+
+if __name__ == "__main__":
+    name, work, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    result = SCENARIOS[name](work)
+    out.write_text(json.dumps(result))
