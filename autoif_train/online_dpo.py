@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -117,6 +118,8 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
         # Rounds decide when to checkpoint; the data is new each round, so there is nothing to skip on resume.
         args.save_strategy = SaveStrategy.NO
         args.ignore_data_skip = True
+        # Old checkpoints are deleted only after the next round is marked complete (HF would delete them first).
+        self.keep_checkpoints, args.save_total_limit = args.save_total_limit, None
         # DPOTrainer needs a dataset at construction (format detection, collator); rounds replace it.
         first = prompts[0].messages
         placeholder = Dataset.from_list([{
@@ -317,7 +320,17 @@ class AutoIFOnlineDPOTrainer(DPOTrainer):
         self.accelerator.wait_for_everyone()  # every rank's checkpoint shard is on disk
         if self.accelerator.is_main_process:
             self.store.mark_complete(cur["round"], record)
+            self._rotate_checkpoints()
         self._report(record)
+
+    def _rotate_checkpoints(self) -> None:
+        """Keep the newest `save_total_limit` round checkpoints (all when unset)."""
+        if not self.keep_checkpoints:
+            return
+        folders = [p for p in self.store.output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+        folders.sort(key=lambda p: int(p.name.split("-")[-1]))
+        for old in folders[: -self.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _finish_empty_round(self, r: int, summary: dict) -> None:
         logger.warning(

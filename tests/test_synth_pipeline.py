@@ -103,6 +103,7 @@ def test_every_stage_through_transformers(tmp_path, tiny_model_dir, capsys):
     check_consistency(run_dir)
 
 
+@pytest.mark.slow
 def test_resume_after_injected_failure_matches_clean_run(tmp_path, tiny_model_dir, monkeypatch):
     clean = tiny_config(tmp_path, tiny_model_dir, out="clean", chunk_size=2, nli_filter="none")
     run_pipeline(clean, until="responses")

@@ -89,7 +89,8 @@ def _check_resumed(out: Path, round0_before: str, samples_before: str, log: Path
 def test_resume_after_kill_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     """Single process: the resumed run's final weights equal an uninterrupted run's (optimizer, scheduler and RNG
     state restored, round 2's pairs reused)."""
-    extra = ("--epochs_per_round", "4", "--lr_scheduler_type", "cosine", "--warmup_steps", "2")
+    extra = ("--epochs_per_round", "4", "--lr_scheduler_type", "cosine", "--warmup_steps", "2",
+             "--save_total_limit", "1")
     reference = tmp_path / "reference"
     _run(_command(tiny_model_dir, reference, False, *extra), tmp_path / "reference.log")
 
@@ -101,6 +102,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_model_dir, tmp_path
     rounds = _check_resumed(out, round0, samples, tmp_path / "second.log")
 
     assert rounds[1]["pairs"] == _rounds(reference)[1]["pairs"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [rounds[1]["checkpoint"]]  # save_total_limit 1
     final, expected = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, rtol=0, atol=1e-6, msg=f"{name} differs after resume")

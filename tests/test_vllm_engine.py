@@ -103,6 +103,49 @@ def scenario_online(work: Path) -> dict:
     return report
 
 
+def scenario_zero3(work: Path) -> dict:
+    """Under `accelerate launch` with DeepSpeed ZeRO-3 (2 CPU ranks): one round, then a sync checked by log-probs."""
+    import deepspeed
+    from transformers import AutoTokenizer
+
+    from autoif_train.configs import parse_recipe
+    from autoif_train.online_dpo import AutoIFOnlineDPOTrainer
+    from autoif_train.prompt_data import load_prompt_rows
+    from autoif_train.train import model_init_kwargs
+
+    model_dir = work / "model"  # built by the test before launching
+    script_args, args, model_args = parse_recipe(
+        str(ROOT / "recipes" / "tiny" / "online_dpo.yaml"),
+        ["--model_name_or_path", str(model_dir), "--output_dir", str(work / "run"), "--use_vllm", "true",
+         "--num_rounds", "1", "--per_device_train_batch_size", "1", "--learning_rate", "5e-2"],
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    args.model_init_kwargs = model_init_kwargs(model_args)
+    prompts = load_prompt_rows(script_args.dataset_path, script_args.verifier_bundle, script_args.dataset_split)
+    trainer = AutoIFOnlineDPOTrainer(model=str(model_dir), args=args, prompts=prompts, processing_class=tokenizer)
+    sampler, model = trainer.sampler, trainer.model
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                         tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(FIXED_COMPLETION, add_special_tokens=False)["input_ids"]
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    params = list(model.parameters())
+    report = {
+        "rank": trainer.accelerator.process_index, "world": trainer.accelerator.num_processes,
+        "partitioned": all(hasattr(p, "ds_id") and p.numel() == 0 for p in params),
+        "rounds": trainer.store.completed() if trainer.accelerator.is_main_process else None,
+        "stale_vllm": sampler.sequence_logprobs(prompt_ids, completion_ids),
+    }
+    sampler.sync_weights()
+    report["after_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
+    with deepspeed.zero.GatheredParameters(params):
+        report["after_hf"] = hf_logprobs(model, prompt_ids, completion_ids)
+    return report
+
+
 def scenario_backend(work: Path) -> dict:
     """The synthesis backend through vLLM: batched sampling, greedy parity with transformers, context errors."""
     from autoif_train.generation import GenerationConfig, build_generator
@@ -134,7 +177,7 @@ def scenario_backend(work: Path) -> dict:
     return report
 
 
-SCENARIOS = {"online": scenario_online, "backend": scenario_backend}
+SCENARIOS = {"online": scenario_online, "backend": scenario_backend, "zero3": scenario_zero3}
 
 
 def run_scenario(name: str, tmp_path: Path) -> dict:
@@ -160,6 +203,27 @@ def online_report(tmp_path_factory):
 def backend_report(tmp_path_factory):
     pytest.importorskip("vllm")
     return run_scenario("backend", tmp_path_factory.mktemp("vllm-backend"))
+
+
+@pytest.fixture(scope="module")
+def zero3_reports(tmp_path_factory):
+    """The zero3 scenario under `accelerate launch` on 2 CPU processes; one report per rank."""
+    pytest.importorskip("vllm")
+    pytest.importorskip("deepspeed")
+    work = tmp_path_factory.mktemp("vllm-zero3")
+    build_vllm_tiny_model(work / "model")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    proc = subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu_zero3.yaml"),
+         "--main_process_port", str(29500 + os.getpid() % 1000), __file__, "zero3", str(work),
+         str(work / "zero3.json")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=480,
+    )
+    reports = [work / f"zero3.json.rank{r}" for r in range(2)]
+    if proc.returncode != 0 or not all(p.exists() for p in reports):
+        pytest.fail(f"zero3 scenario failed (rc={proc.returncode}):\n{proc.stderr[-6000:]}")
+    return [json.loads(p.read_text()) for p in reports]
 
 
 # ----- tests ------------------------------------------------------------------------------------------------------
@@ -208,7 +272,19 @@ def test_backend_context_errors_name_the_numbers(backend_report):
     assert "4096" in backend_report["max_len_error"] and "256" in backend_report["max_len_error"]
 
 
+def test_zero3_sync_gathers_the_shards(zero3_reports):
+    for report in zero3_reports:
+        assert report["world"] == 2 and report["partitioned"]  # each rank holds only its shards between gathers
+        # each rank's colocated engine serves the full trained weights after the sync
+        assert report["after_vllm"] == pytest.approx(report["after_hf"], abs=1e-3)
+        assert report["stale_vllm"] != pytest.approx(report["after_hf"], abs=1e-3)
+    rounds = zero3_reports[0]["rounds"]
+    assert [r["round"] for r in rounds] == [0] and rounds[0]["pairs"] > 0 and rounds[0]["train_steps"] >= 1
+
+
 if __name__ == "__main__":
     name, work, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     result = SCENARIOS[name](work)
+    if name == "zero3":
+        out = out.with_name(f"{out.name}.rank{result['rank']}")
     out.write_text(json.dumps(result))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,23 @@ def _follows(checker, text: str) -> bool:
 
 
 def score_row(row: dict, response: str, registry: dict[str, type]) -> dict[str, Any]:
-    """Per-instruction strict and loose results for one response, plus any checker errors."""
+    """Per-instruction strict and loose results for one response, plus any checker errors.
+
+    The reference checkers draw a random value for a kwarg they reject (IFEval rows 1122 and 1129 ask for the
+    "letter" '#' / '!', so a random letter is counted): `random` is seeded from the row key so every model is scored
+    against the same draw, and one checker serves both strict and loose (lm-eval builds two, so its loose result
+    can fall below its strict one on those rows). The global `random` state is restored afterwards.
+    """
     variants = loose_variants(response)
+    state = random.getstate()
+    random.seed(f"autoif-eval:{row['key']}")
+    try:
+        return _score_instructions(row, response, variants, registry)
+    finally:
+        random.setstate(state)
+
+
+def _score_instructions(row: dict, response: str, variants: list[str], registry: dict[str, type]) -> dict[str, Any]:
     strict, loose, errors = [], [], []
     for instruction_id, kwargs in zip(row["instruction_id_list"], row["kwargs"]):
         try:

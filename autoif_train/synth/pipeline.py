@@ -9,6 +9,8 @@ Invariant checked by the tests: `candidates - sum(drops) == rows_out` for every 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -98,13 +100,16 @@ def _run_stage(ctx: SynthContext, module, previous: str | None) -> dict:
     start = time.time()
     rows_in = module.inputs(ctx) if hasattr(module, "inputs") else run.read_stage(previous)
     info = run.stage_info(name)
-    if info.get("chunk_size") not in (None, size) and run.parts_dir(name).exists():
-        raise SynthError(
-            f"stage {name!r} was started with chunk_size {info['chunk_size']}, now {size}: keep the old value or "
-            f"rerun with --from-stage {name}"
-        )
+    digest = hashlib.sha1(json.dumps(rows_in, sort_keys=True).encode()).hexdigest()
+    if run.parts_dir(name).exists():
+        for key, now in (("chunk_size", size), ("inputs_sha1", digest)):
+            if info.get(key) not in (None, now):
+                raise SynthError(
+                    f"stage {name!r}: {key} changed since its first chunks were written in {run.root}; restore it "
+                    f"or rerun with --from-stage {name}"
+                )
     n_chunks = (len(rows_in) + size - 1) // size
-    info.update(status="running", chunk_size=size, chunks_total=n_chunks)
+    info.update(status="running", chunk_size=size, inputs_sha1=digest, chunks_total=n_chunks)
     run.save()
     kept: list[dict] = []
     drops, details, candidates = Counter(), Counter(), 0
