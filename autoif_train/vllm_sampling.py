@@ -111,14 +111,17 @@ def _generation_class():
             vLLM's CPU backend repacks every linear weight into a oneDNN/SGL kernel handle after loading and drops
             the original parameter, so TRL's per-tensor `model.load_weights` fails there ("no attribute
             weight_loader"). `reload_weights` restores each layer in checkpoint format, loads it and repacks it.
-            It buffers a layer's tensors until the layer is complete, so ZeRO-3 gathered tensors are copied before
-            their gather scope ends (one layer at a time, never the whole model).
+            It buffers a layer's tensors until the layer is complete, so ZeRO-3 gathered tensors and merged LoRA
+            weights are copied before their scope ends (one tensor at a time, freed once its layer is loaded).
             """
-            zero3 = self._dist.is_zero3
+            from accelerate.utils import is_peft_model
+
+            # gathered ZeRO-3 tensors are freed and merged LoRA weights unmerged when the iterator moves on
+            copy = self._dist.is_zero3 or is_peft_model(self.model)
 
             def tensors():
                 for name, tensor in self._iter_named_params():
-                    yield name, tensor.detach().clone() if zero3 else tensor.detach()
+                    yield name, tensor.detach().clone() if copy else tensor.detach()
 
             runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
             runner.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)

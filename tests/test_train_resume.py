@@ -89,7 +89,7 @@ def _check_resumed(out: Path, round0_before: str, samples_before: str, log: Path
 def test_resume_after_kill_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     """Single process: the resumed run's final weights equal an uninterrupted run's (optimizer, scheduler and RNG
     state restored, round 2's pairs reused)."""
-    extra = ("--epochs_per_round", "4", "--lr_scheduler_type", "cosine", "--warmup_steps", "2",
+    extra = ("--epochs_per_round", "2", "--lr_scheduler_type", "cosine", "--warmup_steps", "2",
              "--save_total_limit", "1")
     reference = tmp_path / "reference"
     _run(_command(tiny_model_dir, reference, False, *extra), tmp_path / "reference.log")

@@ -57,8 +57,10 @@ def hf_logprobs(model, prompt_ids: list[int], completion_ids: list[int]) -> list
 
 
 # ----- scenarios (run in a subprocess) ----------------------------------------------------------------------------
-def scenario_online(work: Path) -> dict:
+def scenario_online(work: Path, lora: bool = False) -> dict:
     """One online-DPO run (2 rounds) sampling with colocated vLLM; log-probs of a fixed completion around a sync."""
+    from trl import get_peft_config
+
     from autoif_train.configs import parse_recipe
     from autoif_train.online_dpo import AutoIFOnlineDPOTrainer
     from autoif_train.prompt_data import load_prompt_rows
@@ -69,14 +71,16 @@ def scenario_online(work: Path) -> dict:
     script_args, args, model_args = parse_recipe(
         str(ROOT / "recipes" / "tiny" / "online_dpo.yaml"),
         ["--model_name_or_path", str(model_dir), "--output_dir", str(work / "run"), "--use_vllm", "true",
-         "--vllm_mode", "colocate", "--learning_rate", "5e-2"],
+         "--vllm_mode", "colocate", "--learning_rate", "5e-2"]
+        + (["--use_peft", "true", "--lora_r", "8", "--lora_target_modules", "all-linear"] if lora else []),
     )
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     args.model_init_kwargs = model_init_kwargs(model_args)
     prompts = load_prompt_rows(script_args.dataset_path, script_args.verifier_bundle, script_args.dataset_split)
-    trainer = AutoIFOnlineDPOTrainer(model=str(model_dir), args=args, prompts=prompts, processing_class=tokenizer)
+    trainer = AutoIFOnlineDPOTrainer(model=str(model_dir), args=args, prompts=prompts, processing_class=tokenizer,
+                                     peft_config=get_peft_config(model_args))
     sampler = trainer.sampler
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -100,7 +104,13 @@ def scenario_online(work: Path) -> dict:
         for line in (work / "run" / "rounds" / f"round_{r:04d}" / "samples.jsonl").read_text().splitlines()
     ]
     report["syncs"] = sampler.syncs
+    report["peft"] = type(trainer.model).__name__
     return report
+
+
+def scenario_online_lora(work: Path) -> dict:
+    """The online scenario with a LoRA policy: adapters are merged for the push (and unmerged after)."""
+    return scenario_online(work, lora=True)
 
 
 def scenario_zero3(work: Path) -> dict:
@@ -177,7 +187,7 @@ def scenario_backend(work: Path) -> dict:
     return report
 
 
-SCENARIOS = {"online": scenario_online, "backend": scenario_backend, "zero3": scenario_zero3}
+SCENARIOS = {"online": scenario_online, "online_lora": scenario_online_lora, "backend": scenario_backend, "zero3": scenario_zero3}
 
 
 def run_scenario(name: str, tmp_path: Path) -> dict:
@@ -197,6 +207,13 @@ def run_scenario(name: str, tmp_path: Path) -> dict:
 def online_report(tmp_path_factory):
     pytest.importorskip("vllm")
     return run_scenario("online", tmp_path_factory.mktemp("vllm-online"))
+
+
+@pytest.fixture(scope="module")
+def online_lora_report(tmp_path_factory):
+    pytest.importorskip("vllm")
+    pytest.importorskip("peft")
+    return run_scenario("online_lora", tmp_path_factory.mktemp("vllm-online-lora"))
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +267,15 @@ def test_vllm_logprobs_follow_the_trainer_weights_across_a_sync(online_report):
     assert abs(sum(after_h) - sum(before_h)) > 0.05
     # without a sync vLLM still had older weights (those of the last round's start), not the final ones
     assert r["stale_vllm"] != pytest.approx(after_h, abs=1e-3)
+
+
+def test_lora_adapters_are_merged_for_the_sync(online_lora_report):
+    r = online_lora_report
+    assert r["peft"] == "PeftModel" and [x["round"] for x in r["rounds"]] == [0, 1]
+    assert r["before_vllm"] == pytest.approx(r["before_hf"], abs=1e-3)
+    # vLLM has no adapters: matching the PEFT model after training means the merged weights were pushed
+    assert r["after_vllm"] == pytest.approx(r["after_hf"], abs=1e-3)
+    assert abs(sum(r["after_hf"]) - sum(r["before_hf"])) > 0.05
 
 
 def test_backend_batches_n_samples_per_prompt(backend_report):
