@@ -188,7 +188,7 @@ def parse_train_args(args: list[str] | None = None):
         raise RecipeError(f"{where}: stage must be one of {STAGES}, got {stage!r}")
     types = (ScriptArguments, STAGE_CONFIGS[stage], ModelConfig)
     check_keys(recipe.keys(), types, where)
-    flags = [a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a != "--config"]
+    flags = [a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a not in ("--config", "--help")]
     check_keys(flags, types, "command line")
     parser = TrlParser(types)
     return parser.parse_args_and_config(args)

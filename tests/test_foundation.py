@@ -1,4 +1,6 @@
-"""Drift guards: every module imports, every recipe parses, the CLI advertises only what works.
+"""Drift guards: every module imports, recipes open with a header, the CLI advertises only what works.
+
+(Every training recipe parsing into its config is checked in test_train_recipes.py.)
 
 Run: python -m pytest tests/test_foundation.py -q
 """
@@ -18,7 +20,6 @@ from autoif_train import cli
 from autoif_train.configs import RecipeError, parse_recipe, parse_train_args
 
 REPO = Path(__file__).resolve().parent.parent
-TRAIN_RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "synth" not in p.parts)
 
 
 def _all_modules():
@@ -28,13 +29,6 @@ def _all_modules():
 @pytest.mark.parametrize("name", _all_modules())
 def test_every_module_imports(name):
     importlib.import_module(name)
-
-
-@pytest.mark.parametrize("recipe", TRAIN_RECIPES, ids=lambda p: str(p.relative_to(REPO)))
-def test_every_training_recipe_parses(recipe, tmp_path):
-    script_args, training_args, model_args = parse_recipe(str(recipe), ["--output_dir", str(tmp_path)])
-    assert script_args.stage in ("sft", "dpo", "online_dpo")
-    assert model_args.model_name_or_path, f"{recipe} names no model"
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))

@@ -89,10 +89,7 @@ def scenario_online(work: Path, lora: bool = False) -> dict:
     report = {"sampler": type(sampler).__name__, "is_vllm_sampler": isinstance(sampler, VLLMSampler)}
     report["before_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
     report["before_hf"] = hf_logprobs(trainer.model, prompt_ids, completion_ids)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
+    trainer.train()  # trainer.close() (verifier pool, engine) only at the end: the checks below need the engine
     report["stale_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
     sampler.sync_weights()
     report["after_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
@@ -105,6 +102,7 @@ def scenario_online(work: Path, lora: bool = False) -> dict:
     ]
     report["syncs"] = sampler.syncs
     report["peft"] = type(trainer.model).__name__
+    trainer.close()
     return report
 
 
@@ -138,10 +136,7 @@ def scenario_zero3(work: Path) -> dict:
                                          tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(FIXED_COMPLETION, add_special_tokens=False)["input_ids"]
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
+    trainer.train()  # trainer.close() (verifier pool, engine) only at the end: the checks below need the engine
     params = list(model.parameters())
     report = {
         "rank": trainer.accelerator.process_index, "world": trainer.accelerator.num_processes,
@@ -153,6 +148,7 @@ def scenario_zero3(work: Path) -> dict:
     report["after_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
     with deepspeed.zero.GatheredParameters(params):
         report["after_hf"] = hf_logprobs(model, prompt_ids, completion_ids)
+    trainer.close()
     return report
 
 

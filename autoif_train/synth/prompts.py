@@ -50,5 +50,5 @@ Response:
 {response}
 \"\"\"
 
-Does the response still answer the request well while following the constraint? Explain briefly, then end with a \
-line "Score: N" where N is an integer from 0 (useless) to 10 (excellent)."""
+Does the response still answer the request well while following the constraint? Start your reply with a line \
+"Score: N", where N is an integer from 0 (useless) to 10 (excellent), then give one sentence of reason."""
