@@ -70,8 +70,9 @@ def write_json(path: Path, data) -> None:
 
 
 def plot_pass_rate(report: dict, path: Path) -> None:
-    """Line plot: on-policy sample pass rate of each round's training prompts, and the held-out greedy pass rate
-    before training and after the last round."""
+    """Line plot: on-policy sample pass rate of each round's training prompts (drawn at x = round, i.e. by the
+    policy after that many rounds of updates), and the held-out greedy pass rate before training and after the
+    last round (x = number of rounds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,12 +82,12 @@ def plot_pass_rate(report: dict, path: Path) -> None:
     n = len(rounds)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     if rounds:
-        ax.plot([r["round"] + 1 for r in rounds], [100 * r["mean_pass_rate"] for r in rounds], "o-",
-                label="training prompts: sampled responses (temperature)")
+        ax.plot([r["round"] for r in rounds], [100 * r["mean_pass_rate"] for r in rounds], "o-",
+                label="training prompts: sampled responses")
     held = report["held_out"]
     ax.plot([0, n], [100 * held["before"]["pass_rate"], 100 * held["after"]["pass_rate"]], "s--", color="C3",
             label="held-out prompts: greedy")
-    ax.set_xlabel("online DPO round (0 = before training)")
+    ax.set_xlabel("online DPO rounds completed")
     ax.set_ylabel("verifier pass rate (%)")
     ax.set_xticks(range(0, n + 1))
     ax.set_ylim(0, 100)

