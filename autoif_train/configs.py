@@ -140,7 +140,8 @@ def _known_fields(dataclass_types) -> list[str]:
     return sorted({f.name for dc in dataclass_types for f in fields(dc)})
 
 
-def _read_recipe(path: str) -> dict[str, Any]:
+def read_recipe(path: str) -> dict[str, Any]:
+    """Load a recipe YAML mapping; a missing file, bad YAML or a non-mapping is a `RecipeError` naming the file."""
     if not os.path.isfile(path):
         raise RecipeError(f"recipe file not found: {path}")
     with open(path) as fh:
@@ -187,7 +188,7 @@ def parse_train_args(args: list[str] | None = None):
     where = "command line"
     if "--config" in args:
         where = args[args.index("--config") + 1]
-        recipe = _read_recipe(where)
+        recipe = read_recipe(where)
     stage = _stage_of(args, recipe)
     if stage not in STAGE_CONFIGS:
         raise RecipeError(f"{where}: stage must be one of {STAGES}, got {stage!r}")

@@ -11,9 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import yaml
-
-from autoif_train.configs import RecipeError, check_keys
+from autoif_train.configs import RecipeError, check_keys, read_recipe
 
 NLI_FILTERS = ("nli", "llm_judge", "none")
 BACKENDS = ("transformers", "openai", "vllm")
@@ -133,15 +131,7 @@ def load_synth_config(path: str | None = None, overrides: dict[str, Any] | None 
     """Read a recipe YAML (optional) and apply `overrides`; unknown keys raise `RecipeError` naming them."""
     data: dict[str, Any] = {}
     if path:
-        if not os.path.isfile(path):
-            raise RecipeError(f"recipe file not found: {path}")
-        with open(path) as fh:
-            try:
-                data = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as err:
-                raise RecipeError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise RecipeError(f"{path}: a synthesis recipe must be a YAML mapping of field names to values")
+        data = read_recipe(path)
         check_keys(data.keys(), [SynthConfig], path)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     check_keys(overrides.keys(), [SynthConfig], "command line")
