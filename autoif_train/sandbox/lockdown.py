@@ -100,10 +100,27 @@ def check_isolation(mode: str) -> None:
         raise IsolationUnavailable(f"isolation={mode!r} is not available: {problem}. {hint}")
 
 
+def _paths_hidden_by_tmp() -> list[str]:
+    """Interpreter, venv, package and sys.path folders that live under /tmp, which bwrap replaces by a tmpfs."""
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    candidates = [sys.prefix, sys.base_prefix, os.path.dirname(sys.executable), package_root, *sys.path]
+    found = set()
+    for path in candidates:
+        if not path or not os.path.isdir(path):
+            continue
+        for variant in {os.path.abspath(path), os.path.realpath(path)}:
+            if variant == "/tmp" or variant.startswith("/tmp/"):
+                found.add(variant)
+    roots = sorted(found, key=len)
+    return [p for i, p in enumerate(roots) if not any(p.startswith(r + "/") for r in roots[:i])]
+
+
 def bwrap_prefix(uid: int) -> list[str]:
     """The bubblewrap command line that wraps a worker (`uid` = the caller's uid)."""
     cmd = [bwrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]
     cmd += ["--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc", "--clearenv", "--cap-drop", "ALL"]
+    for path in _paths_hidden_by_tmp():  # e.g. a checkout or venv under /tmp: keep it visible, read-only
+        cmd += ["--ro-bind", path, path]
     if uid == 0:
         cmd += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
     return cmd + ["--"]
