@@ -135,7 +135,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--functions", default=None, help="Verifier bundle for ids (default: beside --heldout).")
     parser.add_argument("--max-heldout", type=int, default=None, help="Evaluate only the first N held-out rows.")
     parser.add_argument("--eval-max-new-tokens", type=int, default=96, help="Greedy tokens per held-out response.")
-    parser.add_argument("--eval-batch-size", type=int, default=16, help="Held-out prompts per generate() call.")
+    parser.add_argument("--eval-batch-size", type=int, default=128,
+                        help="Held-out prompts per generate() call (one batch of 110 is ~1.9x faster than 16 on CPU).")
     args, overrides = parser.parse_known_args(argv)
     bad = [a for a in overrides if a.startswith("-") and not a.startswith("--")]
     if bad:

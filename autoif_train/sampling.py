@@ -15,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 from trl.models.utils import unwrap_model_for_generation
 
+from autoif_train.generation.shared_prefill import generate_shared_prefill
+
 
 class PolicySampler(Protocol):
     def sample(self, prompts: list[list[dict]], num_samples: int) -> list[list[str]]: ...
@@ -23,7 +25,8 @@ class PolicySampler(Protocol):
 
 
 class TransformersSampler:
-    """Samples with `model.generate` (temperature / top_p / max_new_tokens from the config), in prompt batches."""
+    """Samples with `model.generate` (temperature / top_p / max_new_tokens from the config), in prompt batches; each
+    prompt is prefilled once for its K samples (`generate_shared_prefill`)."""
 
     def __init__(self, trainer, config):
         self.trainer = trainer
@@ -49,10 +52,10 @@ class TransformersSampler:
                 for start in tqdm(range(0, len(texts), batch), desc="sampling", disable=not show, leave=False):
                     enc = tok(texts[start : start + batch], return_tensors="pt", padding=True, add_special_tokens=False)
                     enc = {k: v.to(trainer.accelerator.device) for k, v in enc.items()}
-                    gen = model.generate(
-                        **enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                        max_new_tokens=cfg.max_new_tokens, num_return_sequences=num_samples,
-                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                    gen = generate_shared_prefill(
+                        model, enc["input_ids"], enc["attention_mask"], num_samples,
+                        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                        max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                     )
                     decoded = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
                     out += [decoded[i : i + num_samples] for i in range(0, len(decoded), num_samples)]

@@ -40,6 +40,32 @@ def test_transformers_greedy_is_independent_of_batching(tiny_model_dir, tiny_gen
     assert all(o[0] == o[1] for o in batched)  # greedy: n identical copies
 
 
+def test_shared_prefill_matches_plain_generate(tiny_model_dir):
+    """One prefill per prompt, cache repeated K times: the same tokens as K copies through plain `generate`
+    (greedy, left-padded prompts of different lengths), and the same sample layout when sampling."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoif_train.generation.shared_prefill import generate_shared_prefill
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    enc = tok(["a short one", "a much longer prompt with many more words in it"], return_tensors="pt", padding=True)
+    assert enc["attention_mask"].sum(1).tolist()[0] < enc["attention_mask"].shape[1]  # really left-padded
+    kw = dict(do_sample=False, max_new_tokens=10, pad_token_id=tok.pad_token_id, eos_token_id=None)
+    plain = model.generate(input_ids=enc["input_ids"].repeat_interleave(3, 0),
+                           attention_mask=enc["attention_mask"].repeat_interleave(3, 0), **kw)
+    shared = generate_shared_prefill(model, enc["input_ids"], enc["attention_mask"], 3, **kw)
+    assert torch.equal(plain, shared)
+    torch.manual_seed(0)
+    sampled = generate_shared_prefill(model, enc["input_ids"], enc["attention_mask"], 4, do_sample=True,
+                                      max_new_tokens=5, pad_token_id=tok.pad_token_id)
+    assert sampled.shape[0] == 8 and torch.equal(sampled[:4, : enc["input_ids"].shape[1]],
+                                                 enc["input_ids"][0].expand(4, -1))
+    one = generate_shared_prefill(model, enc["input_ids"], enc["attention_mask"], 1, **kw)  # K=1: plain call
+    assert torch.equal(one, plain[::3])
+
+
 def test_prompt_validation_and_config_errors():
     assert to_messages("hi") == [{"role": "user", "content": "hi"}]
     with pytest.raises(TypeError, match="message 0"):

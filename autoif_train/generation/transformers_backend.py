@@ -1,8 +1,8 @@
 """transformers backend: batched `generate` with left padding and the tokenizer's chat template.
 
-Prompts are sorted by length and cut into batches of `batch_size` prompts; each batch makes all `n` samples with
-`num_return_sequences`, so a call issues ceil(len(prompts) / batch_size) `generate` calls. Sampling is seeded per
-batch (seed + batch index), so results do not depend on other work in the process. fp32 on CPU, bf16 on a GPU that
+Prompts are sorted by length and cut into batches of `batch_size` prompts; each batch makes all `n` samples from one
+prompt prefill (`generate_shared_prefill`), so a call issues ceil(len(prompts) / batch_size) `generate` calls.
+Sampling is seeded per batch (seed + batch index), so results do not depend on other work in the process. fp32 on CPU, bf16 on a GPU that
 supports it. Not protected against: prompts longer than the model's context (they are left-truncated to
 `max_prompt_tokens`).
 """
@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autoif_train.generation.base import GenerationConfig, GenerationError, Generator, Prompt, apply_stop, to_messages
+from autoif_train.generation.shared_prefill import generate_shared_prefill
 
 
 def _resolve(model: str) -> str:
@@ -96,16 +97,13 @@ class TransformersGenerator(Generator):
                 ids = encoded[i]
                 input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention[row, longest - len(ids) :] = 1
-            kwargs = dict(
-                max_new_tokens=config.max_new_tokens, num_return_sequences=samples_per_call, pad_token_id=pad_id,
-                eos_token_id=eos,
-            )
+            kwargs = dict(max_new_tokens=config.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos)
             if greedy:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             else:
                 kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0)
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
+            out = generate_shared_prefill(
+                self.model, input_ids.to(self.device), attention.to(self.device), samples_per_call, **kwargs
             )
             texts = self.tokenizer.batch_decode(out[:, longest:], skip_special_tokens=True)
             for row, i in enumerate(batch):
