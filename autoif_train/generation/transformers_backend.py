@@ -3,8 +3,8 @@
 Prompts are sorted by length and cut into batches of `batch_size` prompts; each batch makes all `n` samples from one
 prompt prefill (`generate_shared_prefill`), so a call issues ceil(len(prompts) / batch_size) `generate` calls.
 Sampling is seeded per batch (seed + batch index), so results do not depend on other work in the process. fp32 on
-CPU, bf16 on a GPU that supports it. Not protected against: prompts longer than the model's context (they are left-
-truncated to `max_prompt_tokens`).
+CPU, bf16 on a GPU that supports it. Not protected against: prompts longer than the model's context (they are
+left-truncated to `max_prompt_tokens`).
 """
 
 from __future__ import annotations
