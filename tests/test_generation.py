@@ -55,8 +55,12 @@ def test_shared_prefill_matches_plain_generate(tiny_model_dir):
     kw = dict(do_sample=False, max_new_tokens=10, pad_token_id=tok.pad_token_id, eos_token_id=None)
     plain = model.generate(input_ids=enc["input_ids"].repeat_interleave(3, 0),
                            attention_mask=enc["attention_mask"].repeat_interleave(3, 0), **kw)
+    shapes = []  # input_ids shape of every forward: the prompt must go through once, not once per sample
+    hook = model.register_forward_pre_hook(lambda m, a, k: shapes.append(tuple(k["input_ids"].shape)), with_kwargs=True)
     shared = generate_shared_prefill(model, enc["input_ids"], enc["attention_mask"], 3, **kw)
+    hook.remove()
     assert torch.equal(plain, shared)
+    assert [s for s in shapes if s[1] > 1] == [(2, enc["input_ids"].shape[1] - 1)]
     torch.manual_seed(0)
     sampled = generate_shared_prefill(model, enc["input_ids"], enc["attention_mask"], 4, do_sample=True,
                                       max_new_tokens=5, pad_token_id=tok.pad_token_id)

@@ -29,9 +29,7 @@ def generate_shared_prefill(model, input_ids: torch.Tensor, attention_mask: torc
     out = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
                 position_ids=position_ids[:, :-1], use_cache=True)
     cache = getattr(out, "past_key_values", None)
-    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-        return model.generate(**plain)
-    try:
+    try:  # no cache, or one that cannot be repeated (AttributeError / NotImplementedError): the plain call
         cache.batch_repeat_interleave(num_samples)
     except (NotImplementedError, AttributeError, ValueError):
         return model.generate(**plain)
