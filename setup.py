@@ -44,7 +44,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["autoif_train", "autoif_train.*"]),
     include_package_data=True,
-    package_data={"autoif_train": ["py.typed"]},
+    # model configs of the paper models, for `autoif plan` without a download
+    package_data={"autoif_train": ["py.typed", "resources/model_configs/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["autoif=autoif_train.cli:main"]},

@@ -2,6 +2,7 @@
 
 Usage:
     autoif train --config recipes/quickstart/online_dpo.yaml      # single process; use launch.sh for multi-GPU
+    autoif plan recipes/llama3-70b/online_dpo.yaml               # per-GPU memory plan before launching
     autoif synth --config recipes/synth/quickstart.yaml
     autoif verify --verifiers V.jsonl --responses R.jsonl --out O.jsonl
     autoif eval --model PATH --benchmarks ifeval,verifiers --out DIR
@@ -21,6 +22,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("autoif_train.quickstart", "Run the whole AutoIF loop on the embedded SmolLM2 model on CPU."),
     "train": ("autoif_train.train", "Train a recipe: stage sft | dpo | online_dpo."),
+    "plan": ("autoif_train.plan", "Per-GPU memory plan of a recipe: does it fit, what breaks it, what fixes it."),
     "synth": ("autoif_train.synthesize", "Synthesize verified SFT / DPO / online-DPO data from seed instructions."),
     "verify": ("autoif_train.verify", "Score responses with verifier functions in the sandboxed pool."),
     "eval": ("autoif_train.evaluate", "Evaluate checkpoints on IFEval, IFBench and held-out verifier pass rate."),

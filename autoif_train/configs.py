@@ -105,11 +105,33 @@ class OnlineDPOConfig(AutoIFDPOConfig):
     """
 
     num_rounds: int = field(default=3, metadata={"help": "Online rounds (stops early when prompts run out)."})
-    prompts_per_round: int = field(default=64, metadata={"help": "Training prompts consumed per round."})
+    prompts_per_round: int = field(
+        default=64, metadata={"help": "Training prompts consumed per round (with pairs_per_round: per chunk drawn)."})
+    pairs_per_round: int | None = field(
+        default=None, metadata={"help": "Draw prompts in order until this many pairs exist and train on exactly "
+                                        "these: every round's step count, hence the whole schedule, is known."})
+    rollout_chunk_prompts: int | None = field(
+        default=None, metadata={"help": "Prompts sampled and scored per durable chunk (a kill loses at most one); "
+                                        "default prompts_per_round."})
+    lr_schedule_scope: str = field(
+        default="auto", metadata={"help": "global (warm-up/decay over all rounds; needs pairs_per_round unless "
+                                          "constant) | round (per round) | auto."})
     num_samples: int = field(default=8, metadata={"help": "Responses sampled per prompt (K)."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 = off (the same on vLLM and transformers)."})
+    min_p: float = field(default=0.0, metadata={"help": "Min-p sampling; 0 = off."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Repetition penalty; 1.0 = off."})
     max_new_tokens: int = field(default=256, metadata={"help": "Maximum tokens per sampled response."})
+    stop_token_ids: list[int] | None = field(
+        default=None, metadata={"help": "Extra ids that end a sample, on top of the eos / generation_config eos / "
+                                        "chat template end-of-turn union."})
+    generation_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Extra sampling keywords (vLLM SamplingParams / transformers generate), a "
+                                        "mapping in YAML or a JSON string on the command line."})
+    truncated_samples: str = field(
+        default="exclude", metadata={"help": "Samples cut at max_new_tokens: exclude (join no pair) | penalize "
+                                             "(pass rate 0, rejected only) | keep."})
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
     chosen_threshold: float = field(default=0.5, metadata={"help": "Pass rate >= this is chosen."})
     rejected_threshold: float = field(default=0.0, metadata={"help": "Pass rate <= this is rejected."})
@@ -131,6 +153,33 @@ class OnlineDPOConfig(AutoIFDPOConfig):
     vllm_server_timeout: float = field(default=240.0, metadata={"help": "Seconds to wait for the server."})
     vllm_enforce_eager: bool = field(default=True, metadata={"help": "Skip graph compilation (CPU)."})
     eval_every_round: bool = field(default=False, metadata={"help": "Held-out verifier pass rate each round."})
+
+    def __post_init__(self):
+        import json
+
+        from autoif_train.data.pairs import TRUNCATED_MODES
+
+        if isinstance(self.generation_kwargs, str):
+            try:
+                self.generation_kwargs = json.loads(self.generation_kwargs)
+            except json.JSONDecodeError as err:
+                raise RecipeError(f"generation_kwargs must be a mapping (JSON on the command line): {err}") from err
+        if self.generation_kwargs is not None and not isinstance(self.generation_kwargs, dict):
+            raise RecipeError(f"generation_kwargs must be a mapping, got {type(self.generation_kwargs).__name__}")
+        if self.truncated_samples not in TRUNCATED_MODES:
+            raise RecipeError(f"truncated_samples must be one of {TRUNCATED_MODES}, got {self.truncated_samples!r}")
+        for name in ("num_rounds", "prompts_per_round", "num_samples", "max_new_tokens", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pairs_per_round is not None and self.pairs_per_round < 1:
+            raise RecipeError(f"pairs_per_round must be >= 1 (or unset), got {self.pairs_per_round}")
+        if self.rollout_chunk_prompts is not None and self.rollout_chunk_prompts < 1:
+            raise RecipeError(f"rollout_chunk_prompts must be >= 1 (or unset), got {self.rollout_chunk_prompts}")
+        if self.lr_schedule_scope not in ("auto", "global", "round"):
+            raise RecipeError(f"lr_schedule_scope must be auto, global or round, got {self.lr_schedule_scope!r}")
+        if self.top_k < 0 or not 0 <= self.min_p < 1 or self.repetition_penalty <= 0:
+            raise RecipeError("top_k must be >= 0, min_p in [0, 1) and repetition_penalty > 0")
+        super().__post_init__()
 
 
 STAGE_CONFIGS: dict[str, type] = {"sft": AutoIFSFTConfig, "dpo": AutoIFDPOConfig, "online_dpo": OnlineDPOConfig}

@@ -143,8 +143,8 @@ def cli(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from autoif_train.configs import RecipeError
+    from autoif_train.data.rows import DataError
     from autoif_train.models import ModelPrepError
-    from autoif_train.prompt_data import DataError
 
     try:
         main(args.out, args.recipe, args.model, args.heldout, args.functions, args.max_heldout,

@@ -7,7 +7,7 @@ Usage:
     ./launch.sh recipes/qwen2-7b/online_dpo.yaml          # multi-GPU, accelerate config from the recipe
 
 SFT is TRL's SFTTrainer on conversational `messages` (loss on assistant tokens only); offline DPO is TRL's
-DPOTrainer on `prompt / chosen / rejected`; online DPO is `autoif_train.online_dpo` (DPOTrainer's loss and frozen
+DPOTrainer on `prompt / chosen / rejected`; online DPO is `autoif_train.training.online_dpo` (DPOTrainer's loss and frozen
 reference model, data from the policy's own verified samples). SFT and DPO resume from the last `checkpoint-*` in
 `output_dir`; online DPO resumes after its last complete round. LoRA via `use_peft: true`.
 """
@@ -72,7 +72,7 @@ def train_offline(script_args, training_args, model_args) -> TrainResult:
     """SFT (`stage: sft`) or offline DPO (`stage: dpo`) with TRL's trainers."""
     from trl import DPOTrainer, SFTTrainer, get_peft_config
 
-    from autoif_train.prompt_data import load_dpo_rows, load_sft_rows
+    from autoif_train.data.rows import load_dpo_rows, load_sft_rows
 
     # ----- Load datasets (validated before any model is loaded)
     if script_args.stage == "sft":
@@ -121,7 +121,7 @@ def main(script_args, training_args, model_args) -> TrainResult:
     for name in ("dataset_path", "eval_dataset_path", "verifier_bundle"):
         setattr(script_args, name, _repo_relative(getattr(script_args, name)))
     if script_args.stage == "online_dpo":
-        from autoif_train.online_dpo import run_online_dpo
+        from autoif_train.training.online_dpo import run_online_dpo
 
         result = run_online_dpo(script_args, training_args, model_args, model_init_kwargs(model_args))
         return TrainResult("online_dpo", result.output_dir, rounds=result.rounds)
@@ -132,7 +132,7 @@ def cli(argv: list[str] | None = None):
     import sys
 
     from autoif_train.configs import RecipeError
-    from autoif_train.prompt_data import DataError
+    from autoif_train.data.rows import DataError
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:

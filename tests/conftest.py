@@ -100,3 +100,45 @@ def ifeval_path() -> Path:
     if not SHARED_IFEVAL.exists():
         pytest.skip(f"{SHARED_IFEVAL} not present")
     return SHARED_IFEVAL
+
+
+def build_eot_model(save_dir: Path, hidden_size: int = 32, boost: float = 0.7, seed: int = 0,
+                    heads: int = 4, kv_heads: int = 2) -> Path:
+    """A tiny Llama whose tokenizer's eos (`<|endoftext|>`) is not the chat end-of-turn (`<|im_end|>`), as in Qwen2
+    and Llama-3, and which often ends its turn: one residual dimension is held constant (every embedding has it, no
+    layer writes to it), and only `<|im_end|>`'s output row reads it, so `<|im_end|>` gets a steady logit bonus."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(save_dir)
+    tok = PreTrainedTokenizerFast.from_pretrained(save_dir)
+    tok.eos_token = "<|endoftext|>"  # Qwen2 style: eos differs from the template's <|im_end|>
+    tok.save_pretrained(save_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden_size // heads,
+        max_position_embeddings=512, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0, :] = 0.0
+            layer.mlp.down_proj.weight[0, :] = 0.0
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[eot, 0] = boost
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id  # only the tokenizer's eos, as many SFT checkpoints
+    model.save_pretrained(save_dir)
+    return save_dir
+
+
+@pytest.fixture(scope="session")
+def eot_model_dir(tmp_path_factory) -> Path:
+    """A tiny model whose eos differs from the chat end-of-turn, and which often ends its turn (see build_eot_model)."""
+    return build_eot_model(tmp_path_factory.mktemp("eot-llama"))

@@ -63,8 +63,8 @@ def test_trainer_hook_generates_greedily_and_scores_in_the_sandbox(tiny_model_di
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from autoif_train.data.rows import PromptRow
     from autoif_train.generation import GenerationConfig, build_generator
-    from autoif_train.prompt_data import PromptRow
 
     messages = [{"role": "user", "content": "Write a short poem about the sea."}]
     with build_generator("transformers", str(tiny_model_dir), batch_size=1, progress=False) as gen:

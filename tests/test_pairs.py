@@ -5,7 +5,7 @@ Run: python -m pytest tests/test_pairs.py -q
 
 import pytest
 
-from autoif_train.pairs import PairRule, build_round_pairs, select_pairs
+from autoif_train.data.pairs import PairRule, build_round_pairs, select_pairs
 
 
 def test_thresholds_chosen_at_half_rejected_only_at_zero():
@@ -41,17 +41,48 @@ def test_duplicate_texts_count_once():
     assert pairs == [(0, 2)]
 
 
+def _records(prompts):
+    """Sample records for [(prompt_id, [(text, finish_reason), ...]), ...]; completion ids are fake but distinct."""
+    out = []
+    for p, (pid, samples) in enumerate(prompts):
+        for k, (text, finish) in enumerate(samples):
+            out.append({"prompt_index": p, "prompt_id": pid, "sample_index": k, "text": text,
+                        "completion_ids": [p, k, 99], "finish_reason": finish, "num_tokens": 3})
+    return out
+
+
 def test_round_pairs_and_counts():
-    pairs, stats = build_round_pairs(
-        ["p1", "p2", "p3"],
-        [["a", "b"], ["c", "d"], ["e", "f", "g"]],
-        [[1.0, 0.0], [0.5, 0.25], [0.0, 0.5, 1.0]],
-    )
+    samples = _records([("p1", [("a", "stop"), ("b", "stop")]), ("p2", [("c", "stop"), ("d", "stop")]),
+                        ("p3", [("e", "stop"), ("f", "stop"), ("g", "stop")])])
+    pairs, stats = build_round_pairs(samples, [1.0, 0.0, 0.5, 0.25, 0.0, 0.5, 1.0])
     assert (stats.prompts, stats.prompts_with_pair, stats.skipped, stats.pairs) == (3, 2, 1, 3)
     assert stats.pair_share == pytest.approx(2 / 3)
     assert {p["prompt_id"] for p in pairs} == {"p1", "p3"}
     for p in pairs:
         assert p["chosen_pass_rate"] >= 0.5 and p["rejected_pass_rate"] == 0.0
+        # the pair carries the sampled token ids of exactly those two samples
+        assert p["chosen_ids"] == [p["prompt_index"], p["chosen_sample"], 99]
+        assert p["rejected_ids"] == [p["prompt_index"], p["rejected_sample"], 99]
+
+
+def test_unscored_samples_join_no_pair():
+    # every verifier returned None for "b": pass rate None, so it is neither rejected nor chosen
+    samples = _records([("p", [("a", "stop"), ("b", "stop"), ("c", "stop")])])
+    pairs, _ = build_round_pairs(samples, [1.0, None, 0.0])
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a", "c")]
+    assert build_round_pairs(samples[:2], [1.0, None])[0] == []  # without "c" there is no rejected
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("exclude", [("ok", "bad")]),                       # the cut sample that passes is never chosen
+    ("penalize", [("ok", "bad"), ("ok", "cut")]),       # cut = pass rate 0: rejected only
+    ("keep", [("ok", "bad"), ("cut", "bad")]),          # scored like any other sample
+])
+def test_truncated_samples(mode, expected):
+    samples = _records([("p", [("ok", "stop"), ("cut", "length"), ("bad", "stop")])])
+    pairs, _ = build_round_pairs(samples, [1.0, 1.0, 0.0], PairRule(truncated=mode))
+    assert sorted((p["chosen"], p["rejected"]) for p in pairs) == sorted(expected)
+    assert all(p["rejected_pass_rate"] == 0.0 for p in pairs)
 
 
 def test_bad_rule_and_mismatched_lengths():
@@ -59,3 +90,5 @@ def test_bad_rule_and_mismatched_lengths():
         PairRule(chosen_threshold=0.3, rejected_threshold=0.5)
     with pytest.raises(ValueError, match="pass rates"):
         select_pairs(["a"], [1.0, 0.0])
+    with pytest.raises(ValueError, match="truncated_samples"):
+        PairRule(truncated="drop")

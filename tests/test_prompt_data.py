@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autoif_train.prompt_data import DataError, load_dpo_rows, load_prompt_rows, load_sft_rows
+from autoif_train.data.rows import DataError, load_dpo_rows, load_prompt_rows, load_sft_rows
 
 DATA = Path(__file__).parent / "data"
 

@@ -71,6 +71,7 @@ TINY = [
     "--num_rounds", "2", "--prompts_per_round", "3", "--num_samples", "4", "--max_new_tokens", "8",
     "--temperature", "1.0", "--generation_batch_size", "3", "--per_device_train_batch_size", "2",
     "--gradient_accumulation_steps", "1", "--max_length", "96", "--learning_rate", "1e-3", "--verifier_workers", "1",
+    "--truncated_samples", "keep",  # a random model rarely ends its turn within 8 tokens
 ]
 
 

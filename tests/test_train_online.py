@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from autoif_train.configs import parse_recipe
-from autoif_train.prompt_data import DataError
+from autoif_train.data.rows import DataError
 from autoif_train.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,22 +51,34 @@ def test_two_rounds_write_samples_scores_pairs_and_train(tiny_model_dir, tmp_pat
         samples = _jsonl(folder / "samples.jsonl")
         scores = _jsonl(folder / "scores.jsonl")
         pairs = _jsonl(folder / "pairs.jsonl")
-        # round r takes prompts 4r..4r+3, K = 4 samples each
-        assert [s["prompt_id"] for s in samples] == [f"p{i:02d}" for i in range(4 * r, 4 * r + 4)]
-        assert all(len(s["responses"]) == 4 for s in samples)
+        # round r takes prompts 4r..4r+3, K = 4 samples each: one record per sample, in prompt order
+        assert [(s["prompt_id"], s["sample_index"]) for s in samples] == [
+            (f"p{i:02d}", k) for i in range(4 * r, 4 * r + 4) for k in range(4)]
+        assert [(s["prompt_id"], s["sample_index"]) for s in scores] == [
+            (s["prompt_id"], s["sample_index"]) for s in samples]
+        tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+        for s in samples:  # the record's text is its token ids decoded; finish reason and length agree
+            assert s["text"] == tok.decode(s["completion_ids"], skip_special_tokens=True)
+            assert s["num_tokens"] == len(s["completion_ids"]) <= 8
+            assert s["finish_reason"] == ("stop" if s["completion_ids"][-1] == tok.eos_token_id else "length")
         # scores are the verifiers' real verdicts: recompute the length-parity checks here
         for s, sc in zip(samples, scores):
-            assert len(sc["results"]) == 4
-            for text, res, rate in zip(s["responses"], sc["results"], sc["pass_rates"]):
-                bools = [v for v in res if v is not None]
-                assert rate == pytest.approx(sum(bools) / len(bools))
-                if s["prompt_id"] in ("p00", "p04"):  # single verifier: even length
-                    assert res == [len(text) % 2 == 0]
+            bools = [v for v in sc["results"] if v is not None]
+            assert sc["pass_rate"] == pytest.approx(sum(bools) / len(bools))
+            if s["prompt_id"] in ("p00", "p04"):  # single verifier: even length
+                assert sc["results"] == [len(s["text"]) % 2 == 0]
+        by_slot = {(s["prompt_id"], s["sample_index"]): s for s in samples}
+        for p in pairs:  # pairs train on the sampled ids of the samples they name
+            assert p["chosen_ids"] == by_slot[(p["prompt_id"], p["chosen_sample"])]["completion_ids"]
+            assert p["rejected_ids"] == by_slot[(p["prompt_id"], p["rejected_sample"])]["completion_ids"]
+        for key in ("mean_completion_tokens", "clipped_ratio", "eos_share", "unscored_share"):
+            assert rec[key] is not None, key
+        assert rec["clipped_ratio"] == pytest.approx(sum(s["finish_reason"] == "length" for s in samples) / 16)
         heldout = _jsonl(folder / "heldout.jsonl")  # one sample per held-out prompt after this round's update
         assert [h["prompt_id"] for h in heldout] == ["h0", "h1", "h2"]
         assert rec["heldout_pass_rate"] == pytest.approx(sum(h["pass_rate"] for h in heldout) / 3)
         assert heldout[0]["pass_rate"] == float(len(heldout[0]["response"]) % 2 == 0)
-        rates = [x for sc in scores for x in sc["pass_rates"]]
+        rates = [sc["pass_rate"] for sc in scores]
         assert min(rates) == 0.0 and max(rates) >= 0.5  # pass rates vary, which pairs need
         # the pair rule: chosen >= 0.5, rejected == 0, at most 2 x 2 per prompt
         assert len(pairs) == rec["pairs"]
@@ -107,12 +120,12 @@ def test_use_vllm_without_vllm_is_a_clear_error():
     import importlib.util
     from types import SimpleNamespace
 
-    from autoif_train.sampling import build_sampler
+    from autoif_train.generation.policy import build_policy_sampler
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
     with pytest.raises(ImportError, match="use_vllm: true needs vLLM"):
-        build_sampler(trainer=None, config=SimpleNamespace(use_vllm=True))
+        build_policy_sampler(trainer=None, config=SimpleNamespace(use_vllm=True))
 
 
 def test_prompt_without_verifiers_fails_before_loading_a_model(tmp_path):

@@ -46,3 +46,14 @@ def test_paper_recipes_header_and_settings(path, tmp_path):
         assert (raw["max_chosen"], raw["max_rejected"]) == (2, 2)
     if raw["stage"] == "dpo":
         assert raw["num_train_epochs"] == 2
+
+
+@pytest.mark.parametrize("path", [p for p in PAPER if p.name == "online_dpo.yaml"], ids=lambda p: p.parent.name)
+def test_paper_online_recipes_have_an_exact_global_schedule(path, tmp_path):
+    """pairs_per_round makes every round's step count, hence the paper's one cosine with 0.1 warm-up, exact."""
+    from autoif_train.training.schedule import resolve_scope
+
+    _, args, _ = parse_recipe(str(path), ["--bf16", "false", "--output_dir", str(tmp_path)])
+    assert args.pairs_per_round and args.rollout_chunk_prompts
+    assert resolve_scope(args.lr_schedule_scope, str(args.lr_scheduler_type.value), total_known=True) == "global"
+    assert str(args.lr_scheduler_type.value) == "cosine" and args.warmup_steps == 0.1

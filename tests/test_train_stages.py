@@ -39,7 +39,7 @@ def test_sft_loss_is_on_assistant_tokens_only(tiny_model_dir, tmp_path):
     """With assistant_only_loss (the AutoIF SFT default) only the assistant's tokens carry labels."""
     from trl import SFTTrainer
 
-    from autoif_train.prompt_data import load_sft_rows
+    from autoif_train.data.rows import load_sft_rows
 
     args = parse_recipe(str(RECIPES / "sft.yaml"), ["--output_dir", str(tmp_path / "o")])[1]
     rows = load_sft_rows(str(RECIPES.parent.parent / "tests" / "data" / "sft_tiny.jsonl"))[:1]

@@ -62,10 +62,10 @@ def scenario_online(work: Path, lora: bool = False) -> dict:
     from trl import get_peft_config
 
     from autoif_train.configs import parse_recipe
-    from autoif_train.online_dpo import AutoIFOnlineDPOTrainer
-    from autoif_train.prompt_data import load_prompt_rows
+    from autoif_train.data.rows import load_prompt_rows
+    from autoif_train.generation.vllm_policy import VLLMPolicy
     from autoif_train.train import model_init_kwargs
-    from autoif_train.vllm_sampling import VLLMSampler
+    from autoif_train.training.online_dpo import AutoIFOnlineDPOTrainer
 
     model_dir = build_vllm_tiny_model(work / "model")
     script_args, args, model_args = parse_recipe(
@@ -86,7 +86,7 @@ def scenario_online(work: Path, lora: bool = False) -> dict:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(FIXED_COMPLETION, add_special_tokens=False)["input_ids"]
-    report = {"sampler": type(sampler).__name__, "is_vllm_sampler": isinstance(sampler, VLLMSampler)}
+    report = {"sampler": type(sampler).__name__, "is_vllm_sampler": isinstance(sampler, VLLMPolicy)}
     report["before_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
     report["before_hf"] = hf_logprobs(trainer.model, prompt_ids, completion_ids)
     trainer.train()  # trainer.close() (verifier pool, engine) only at the end: the checks below need the engine
@@ -117,9 +117,9 @@ def scenario_zero3(work: Path) -> dict:
     from transformers import AutoTokenizer
 
     from autoif_train.configs import parse_recipe
-    from autoif_train.online_dpo import AutoIFOnlineDPOTrainer
-    from autoif_train.prompt_data import load_prompt_rows
+    from autoif_train.data.rows import load_prompt_rows
     from autoif_train.train import model_init_kwargs
+    from autoif_train.training.online_dpo import AutoIFOnlineDPOTrainer
 
     model_dir = work / "model"  # built by the test before launching
     script_args, args, model_args = parse_recipe(
@@ -159,7 +159,7 @@ def scenario_zero3(work: Path) -> dict:
 def scenario_backend(work: Path) -> dict:
     """The synthesis backend through vLLM: batched sampling, greedy parity with transformers, context errors."""
     from autoif_train.generation import GenerationConfig, build_generator
-    from autoif_train.vllm_engine import ContextLengthError
+    from autoif_train.generation.vllm_engine import ContextLengthError
 
     model_dir = build_vllm_tiny_model(work / "model")
     prompts = ["Write a short poem about the sea.", [{"role": "user", "content": "What is the capital of France?"}],
@@ -187,7 +187,36 @@ def scenario_backend(work: Path) -> dict:
     return report
 
 
-SCENARIOS = {"online": scenario_online, "online_lora": scenario_online_lora, "backend": scenario_backend, "zero3": scenario_zero3}
+def scenario_eot(work: Path) -> dict:
+    """The training sampler (VLLMPolicy, colocate) on a model whose eos differs from the chat end-of-turn."""
+    from transformers import AutoTokenizer
+
+    from autoif_train.configs import parse_recipe
+    from autoif_train.data.rows import PromptRow
+    from autoif_train.train import model_init_kwargs
+    from autoif_train.training.online_dpo import AutoIFOnlineDPOTrainer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import build_eot_model
+
+    model_dir = build_eot_model(work / "model", hidden_size=64, heads=2, kv_heads=1)
+    script_args, args, model_args = parse_recipe(
+        str(ROOT / "recipes" / "tiny" / "online_dpo.yaml"),
+        ["--model_name_or_path", str(model_dir), "--output_dir", str(work / "run"), "--use_vllm", "true",
+         "--vllm_mode", "colocate", "--max_new_tokens", "8"])
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    args.model_init_kwargs = model_init_kwargs(model_args)
+    rows = [PromptRow(id=f"e{i}", messages=[{"role": "user", "content": f"Write a short poem {i}."}],
+                      verifiers=["def evaluate(response):\n    return True\n"]) for i in range(4)]
+    trainer = AutoIFOnlineDPOTrainer(model=str(model_dir), args=args, prompts=rows, processing_class=tok)
+    records = trainer._sample_all(rows, 8)
+    report = {"records": records, "im_end": tok.convert_tokens_to_ids("<|im_end|>"), "eos": tok.eos_token_id,
+              "stop_ids": trainer.sampler.stop_ids, "sampler": type(trainer.sampler).__name__}
+    trainer.close()
+    return report
+
+
+SCENARIOS = {"eot": scenario_eot, "online": scenario_online, "online_lora": scenario_online_lora, "backend": scenario_backend, "zero3": scenario_zero3}
 
 
 def run_scenario(name: str, tmp_path: Path) -> dict:
@@ -245,17 +274,59 @@ def zero3_reports(tmp_path_factory):
     return [json.loads(p.read_text()) for p in reports]
 
 
+@pytest.fixture(scope="module")
+def eot_report(tmp_path_factory):
+    pytest.importorskip("vllm")
+    return run_scenario("eot", tmp_path_factory.mktemp("vllm-eot"))
+
+
 # ----- tests ------------------------------------------------------------------------------------------------------
+def test_vllm_sampling_stops_at_the_chat_end_of_turn(eot_report):
+    """eos is <|endoftext|>, the template ends turns with <|im_end|>: vLLM must stop there too."""
+    r = eot_report
+    assert r["sampler"] == "VLLMPolicy" and r["eos"] != r["im_end"] and r["im_end"] in r["stop_ids"]
+    records = r["records"]
+    assert len(records) == 32
+    stopped = [s for s in records if s["finish_reason"] == "stop"]
+    assert len(stopped) >= 8  # the model ends its turn often
+    for s in records:
+        ids = s["completion_ids"]
+        assert r["im_end"] not in ids[:-1]  # nothing sampled after an end of turn
+        if s["finish_reason"] == "stop":
+            assert ids[-1] in r["stop_ids"] and s["num_tokens"] <= 8
+        else:
+            assert s["num_tokens"] == 8
+
+
+
+def test_vllm_sampling_params_mean_what_transformers_does():
+    """One GenerationConfig, the same semantics on vLLM as checked for transformers in tests/test_rollouts.py."""
+    pytest.importorskip("vllm")
+    from vllm import SamplingParams
+
+    from autoif_train.generation.base import GenerationConfig, vllm_kwargs
+
+    off = SamplingParams(n=1, **vllm_kwargs(GenerationConfig(temperature=0.7, top_p=1.0, top_k=0), [1, 2]))
+    assert off.top_k in (0, -1) and off.top_p == 1.0 and off.min_p == 0.0 and off.temperature == 0.7
+    assert set(off.stop_token_ids) == {1, 2} and off.repetition_penalty == 1.0
+    five = SamplingParams(n=1, **vllm_kwargs(GenerationConfig(temperature=1.0, top_k=5, min_p=0.1), [1]))
+    assert five.top_k == 5 and five.min_p == 0.1
+
+
 def test_online_dpo_rounds_sample_through_vllm(online_report):
     assert online_report["is_vllm_sampler"], online_report["sampler"]
     assert [r["round"] for r in online_report["rounds"]] == [0, 1]
     assert all(r["pairs"] > 0 and r["train_steps"] >= 1 for r in online_report["rounds"])
-    samples = online_report["samples"]
-    assert len(samples) == 8 and all(len(s["responses"]) == 4 for s in samples)
+    samples = online_report["samples"]  # one record per sample: 2 rounds x 4 prompts x K = 4
+    assert len(samples) == 32 and all(s["num_tokens"] == len(s["completion_ids"]) <= 8 for s in samples)
+    assert {s["finish_reason"] for s in samples} <= {"stop", "length"}
     # sampled at temperature 1 from a random model: the K responses of a prompt are not all the same
-    assert all(len(set(s["responses"])) > 1 for s in samples)
-    # one sync before each round's sampling, plus the explicit one at the end
-    assert online_report["syncs"] == 3
+    texts: dict[tuple, set] = {}
+    for i, s in enumerate(samples):
+        texts.setdefault((i // 16, s["prompt_id"]), set()).add(s["text"])
+    assert all(len(t) > 1 for t in texts.values())
+    # round 0 samples from the weights the engine loaded (no push); one sync before round 1, one explicit at the end
+    assert online_report["syncs"] == 2
 
 
 def test_vllm_logprobs_follow_the_trainer_weights_across_a_sync(online_report):

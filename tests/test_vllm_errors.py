@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from autoif_train import vllm_engine
-from autoif_train.vllm_engine import (
+from autoif_train.generation import vllm_engine
+from autoif_train.generation.vllm_engine import (
     ContextLengthError,
     ServerUnreachableError,
     VLLMUnavailableError,
@@ -71,11 +71,11 @@ def _serve(status: int, port: int, delay: float = 0.0):
 def test_missing_vllm_is_named_with_the_install_command():
     with pytest.raises(VLLMUnavailableError, match=r"not installed.*pip install -e '\.\[vllm\]'.*make install-vllm"):
         require_vllm()
-    from autoif_train.vllm_sampling import VLLMSampler
+    from autoif_train.generation.vllm_policy import VLLMPolicy
 
     # the sampler refuses before touching the trainer (an empty namespace would fail later otherwise)
     with pytest.raises(VLLMUnavailableError, match="use_vllm: true"):
-        VLLMSampler(SimpleNamespace(), SimpleNamespace(use_vllm=True))
+        VLLMPolicy(SimpleNamespace(), SimpleNamespace(use_vllm=True))
 
 
 def test_unreachable_server_fails_within_the_timeout_naming_url_and_setting():

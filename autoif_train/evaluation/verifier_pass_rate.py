@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
-from autoif_train.prompt_data import PromptRow, load_prompt_rows
+from autoif_train.data.rows import PromptRow, load_prompt_rows
 from autoif_train.sandbox import pass_rate
 
 KEPT_FIELDS = ("instruction_id", "category", "query_id", "query")  # copied into the per-prompt records
@@ -64,30 +61,25 @@ def score_verifier_responses(
     return metrics, records
 
 
-@torch.inference_mode()
 def greedy_generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 8,
                     progress: bool = False) -> list[str]:
-    """Greedy completions of chat prompts with an in-memory model (left padding, the tokenizer's chat template)."""
+    """Greedy completions of chat prompts with an in-memory model, through the one generation layer (the chat
+    encoder, every end-of-turn id, `sample_completions`)."""
+    from autoif_train.generation.base import GenerationConfig
+    from autoif_train.generation.chat import encode_prompt, end_of_turn_ids
+    from autoif_train.generation.transformers_backend import sample_completions
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    out: list[str] = []
     try:
-        for i in tqdm(range(0, len(texts), batch_size), desc="eval generate", disable=not progress):
-            batch = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            generated = model.generate(
-                **batch.to(device), max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                top_k=None, pad_token_id=pad_id,
-            )
-            out += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        stops = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
+        config = GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=None)
+        out = sample_completions(model, tokenizer, [encode_prompt(tokenizer, p) for p in prompts], config, stops,
+                                 batch_size, device, progress)
     finally:
-        tokenizer.padding_side = old_side
         model.train(was_training)
-    return out
+    return [row[0].text for row in out]
 
 
 def evaluate_verifier_pass_rate(model, tokenizer, prompt_rows: list[PromptRow] | str, pool, *,

@@ -1,6 +1,9 @@
 """The one generation interface every backend implements: batched prompts in, `n` completions per prompt out.
 
 A backend receives all requests of a call at once and batches them itself; callers never loop over prompts.
+`GenerationConfig` is the one set of sampling settings: `transformers_kwargs` and `vllm_kwargs` below are the only
+places that translate it, so `top_k=0` (off), `top_p`, `min_p`, `repetition_penalty` and the stop ids mean the same
+on every backend. `Completion` is the record a token-level backend returns per sample (ids, text, finish reason).
 """
 
 from __future__ import annotations
@@ -26,16 +29,28 @@ class GenerationConfig:
         temperature: 0 means greedy (then the `n` completions are identical copies).
         top_p: nucleus sampling.
         max_new_tokens: upper bound on generated tokens per completion.
+        top_k: keep the k most likely tokens; 0 = off (transformers' own default of 50 is never inherited).
+        min_p: drop tokens below `min_p` x the top token's probability; 0 = off.
+        repetition_penalty: 1.0 = off.
+        max_new_tokens: upper bound on generated tokens per completion.
         seed: base seed; backends derive per-batch / per-request seeds from it so results do not depend on timing.
         stop: optional stop strings (cut from the completion).
+        stop_token_ids: ids that end a completion, on top of the model's end-of-turn ids
+            (`autoif_train.generation.chat.end_of_turn_ids`, which token-level backends always add).
+        generation_kwargs: extra backend keywords (vLLM `SamplingParams` / transformers `generate`), passed as is.
     """
 
     n: int = 1
     temperature: float = 0.8
     top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     max_new_tokens: int = 256
     seed: int | None = 0
     stop: list[str] | None = field(default=None)
+    stop_token_ids: list[int] | None = field(default=None)
+    generation_kwargs: dict[str, Any] | None = field(default=None)
 
     def __post_init__(self):
         if self.n < 1:
@@ -46,9 +61,67 @@ class GenerationConfig:
             raise ValueError(f"GenerationConfig.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"GenerationConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.top_k < 0:
+            raise ValueError(f"GenerationConfig.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"GenerationConfig.min_p must be in [0, 1), got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"GenerationConfig.repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def transformers_kwargs(config: GenerationConfig, stop_ids: list[int], pad_token_id: int) -> dict[str, Any]:
+    """`model.generate` keywords for `config`. Every sampling knob is set explicitly, so nothing falls back to the
+    model's generation_config (whose `top_k` is 50 and whose `eos_token_id` may lack the chat end-of-turn)."""
+    kwargs: dict[str, Any] = dict(max_new_tokens=config.max_new_tokens, pad_token_id=pad_token_id,
+                                  eos_token_id=list(stop_ids), repetition_penalty=config.repetition_penalty)
+    if config.greedy:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, min_p=None)
+    else:
+        kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                      min_p=config.min_p or None)
+    kwargs.update(config.generation_kwargs or {})
+    return kwargs
+
+
+def vllm_kwargs(config: GenerationConfig, stop_ids: list[int]) -> dict[str, Any]:
+    """`vllm.SamplingParams` keywords for `config` (vLLM: top_k 0 or -1 = off, min_p 0 = off), `n` excluded."""
+    kwargs: dict[str, Any] = dict(
+        temperature=config.temperature, top_p=1.0 if config.greedy else config.top_p,
+        top_k=0 if config.greedy else config.top_k, min_p=0.0 if config.greedy else config.min_p,
+        repetition_penalty=config.repetition_penalty, max_tokens=config.max_new_tokens,
+        stop_token_ids=list(stop_ids), stop=config.stop, skip_special_tokens=True,
+    )
+    kwargs.update(config.generation_kwargs or {})
+    return kwargs
+
+
+@dataclass
+class Completion:
+    """One sampled completion: its token ids (ending with the stop id when it stopped), decoded text (special
+    tokens skipped), `finish_reason` "stop" (an end-of-turn id was sampled) or "length" (cut at max_new_tokens)."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "completion_ids": self.token_ids, "finish_reason": self.finish_reason,
+                "num_tokens": self.num_tokens}
 
 
 def to_messages(prompt: Prompt) -> Messages:

@@ -1,9 +1,11 @@
 """transformers backend: batched `generate` with left padding and the tokenizer's chat template.
 
-Prompts are sorted by length and cut into batches of `batch_size` prompts; each batch makes all `n` samples from one
-prompt prefill (`generate_shared_prefill`), so a call issues ceil(len(prompts) / batch_size) `generate` calls.
-Sampling is seeded per batch (seed + batch index), so results do not depend on other work in the process. fp32 on
-CPU, bf16 on a GPU that supports it. Not protected against: prompts longer than the model's context (they are
+`sample_completions` is the one transformers sampling loop: the synthesis/evaluation generator below and the
+online-DPO policy sampler (`autoif_train.generation.policy`) both call it. Prompts are sorted by length and cut
+into batches of `batch_size` prompts; each batch makes all `n` samples from one prompt prefill
+(`generate_shared_prefill`), so a call issues ceil(len(prompts) / batch_size) `generate` calls. Generation stops
+on every end-of-turn id (`generation.chat.end_of_turn_ids`). The generator seeds per batch (seed + batch index),
+so results do not depend on other work in the process. fp32 on CPU, bf16 on a GPU that supports it. Not protected against: prompts longer than the model's context (they are
 left-truncated to `max_prompt_tokens`).
 """
 
@@ -12,8 +14,51 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from autoif_train.generation.base import GenerationConfig, GenerationError, Generator, Prompt, apply_stop, to_messages
+from autoif_train.generation.base import (
+    Completion,
+    GenerationConfig,
+    GenerationError,
+    Generator,
+    Prompt,
+    apply_stop,
+    to_messages,
+    transformers_kwargs,
+)
+from autoif_train.generation.chat import encode_prompt, end_of_turn_ids, make_completion
 from autoif_train.generation.shared_prefill import generate_shared_prefill
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompt_ids: list[list[int]], config: GenerationConfig, stop_ids: list[int],
+                       batch_size: int, device, progress: bool = False) -> list[list[Completion]]:
+    """`config.n` completions per prompt (token ids in, `Completion` records out, in prompt order) with
+    `model.generate`: prompts sorted by length, left-padded in batches of `batch_size`, each prompt prefilled once
+    for its n samples. Seeded per batch (seed + batch index) when `config.seed` is set; otherwise it draws from the
+    process's torch RNG. Greedy runs once per prompt and repeats the result n times."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    results: list[list[Completion]] = [[] for _ in prompt_ids]
+    per_call = 1 if config.greedy else config.n
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    kwargs = transformers_kwargs(config, stop_ids, pad_id)
+    for b, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not progress or not batches,
+                                   leave=False)):
+        if config.seed is not None:
+            torch.manual_seed(config.seed + b)
+        longest = max(len(prompt_ids[i]) for i in batch)
+        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids = prompt_ids[i]
+            input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[row, longest - len(ids) :] = 1
+        out = generate_shared_prefill(model, input_ids.to(device), attention.to(device), per_call, **kwargs)
+        generated = out[:, longest:].tolist()
+        for row, i in enumerate(batch):
+            chunk = [make_completion(tokenizer, ids, stop_ids, config.max_new_tokens)
+                     for ids in generated[row * per_call : (row + 1) * per_call]]
+            results[i] = chunk * config.n if config.greedy else chunk
+    return results
 
 
 def _resolve(model: str) -> str:
@@ -72,45 +117,15 @@ class TransformersGenerator(Generator):
             raise GenerationError(f"tokenizer of {model!r} has no chat template; use an instruct/chat model")
 
     def _encode(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids[-self.max_prompt_tokens :]
+        return encode_prompt(self.tokenizer, messages, self.max_prompt_tokens)
 
-    @torch.inference_mode()
     def generate(self, prompts: list[Prompt], config: GenerationConfig | None = None) -> list[list[str]]:
         config = config or GenerationConfig()
         encoded = [self._encode(to_messages(p)) for p in prompts]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        results: list[list[str] | None] = [None] * len(prompts)
-        greedy = config.temperature == 0
-        samples_per_call = 1 if greedy else config.n
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        pad_id = self.tokenizer.pad_token_id
-        eos = self.model.generation_config.eos_token_id
-        for b, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not self.progress or not batches)):
-            if config.seed is not None:
-                torch.manual_seed(config.seed + b)
-            longest = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids = encoded[i]
-                input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                attention[row, longest - len(ids) :] = 1
-            kwargs = dict(max_new_tokens=config.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos)
-            if greedy:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            else:
-                kwargs.update(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0)
-            out = generate_shared_prefill(
-                self.model, input_ids.to(self.device), attention.to(self.device), samples_per_call, **kwargs
-            )
-            texts = self.tokenizer.batch_decode(out[:, longest:], skip_special_tokens=True)
-            for row, i in enumerate(batch):
-                chunk = texts[row * samples_per_call : (row + 1) * samples_per_call]
-                chunk = [apply_stop(t, config.stop) for t in chunk]
-                results[i] = chunk * config.n if greedy else chunk
-        return [r if r is not None else [] for r in results]
+        stop_ids = end_of_turn_ids(self.tokenizer, self.model.generation_config, config.stop_token_ids)
+        out = sample_completions(self.model, self.tokenizer, encoded, config, stop_ids, self.batch_size,
+                                 self.device, self.progress)
+        return [[apply_stop(c.text, config.stop) for c in row] for row in out]
 
     def close(self) -> None:
         self.model = None

@@ -3,7 +3,7 @@
 Prompts are rendered with the tokenizer's chat template (`LLM.generate` on token ids, so both backends see the same
 prompt tokens), checked against the engine's context (a prompt that leaves no room for `max_new_tokens` raises
 `ContextLengthError` naming it, before any work), and sampled with `SamplingParams(n=config.n)`. The engine is
-built by `autoif_train.vllm_engine` (fp32 + eager + a small memory share on CPU; `tensor_parallel_size` on GPUs).
+built by `autoif_train.generation.vllm_engine` (fp32 + eager + a small memory share on CPU; `tensor_parallel_size` on GPUs).
 Seeds: on GPU the request seed is `config.seed + prompt index`, so a prompt's samples do not depend on the rest
 of the batch; on CPU vLLM rejects per-request seeds, so only the engine seed applies and runs are not repeatable
 sample for sample. Greedy (`temperature=0`) runs once per prompt and returns `n` copies. Not protected against: a model whose tokenizer has no chat template (refused at start-up).
@@ -11,8 +11,17 @@ sample for sample. Greedy (`temperature=0`) runs once per prompt and returns `n`
 
 from __future__ import annotations
 
-from autoif_train.generation.base import GenerationConfig, GenerationError, Generator, Prompt, apply_stop, to_messages
-from autoif_train.vllm_engine import build_llm, check_prompt_fits, on_cpu, require_vllm, sampling_params
+from autoif_train.generation.base import (
+    GenerationConfig,
+    GenerationError,
+    Generator,
+    Prompt,
+    apply_stop,
+    to_messages,
+    vllm_kwargs,
+)
+from autoif_train.generation.chat import encode_prompt, end_of_turn_ids
+from autoif_train.generation.vllm_engine import build_llm, check_prompt_fits, on_cpu, require_vllm, sampling_params
 
 
 def _resolve(model: str) -> str:
@@ -72,8 +81,7 @@ class VLLMGenerator(Generator):
         self.cpu = on_cpu()
 
     def _encode(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tokenizer, messages)
 
     def generate(self, prompts: list[Prompt], config: GenerationConfig | None = None) -> list[list[str]]:
         config = config or GenerationConfig()
@@ -81,16 +89,12 @@ class VLLMGenerator(Generator):
             raise GenerationError("this VLLMGenerator was closed")
         encoded = [self._encode(to_messages(p)) for p in prompts]
         check_prompt_fits([len(ids) for ids in encoded], config.max_new_tokens, self.max_model_len, "vllm backend")
-        greedy = config.temperature == 0
+        greedy = config.greedy
+        stop_ids = end_of_turn_ids(self.tokenizer, None, config.stop_token_ids)  # + the engine's generation_config
         params = []
         for i in range(len(prompts)):
             seed = None if config.seed is None or self.cpu else config.seed + i
-            params.append(
-                sampling_params(
-                    n=1 if greedy else config.n, temperature=config.temperature, top_p=1.0 if greedy else config.top_p,
-                    max_tokens=config.max_new_tokens, stop=config.stop, seed=seed, skip_special_tokens=True,
-                )
-            )
+            params.append(sampling_params(n=1 if greedy else config.n, seed=seed, **vllm_kwargs(config, stop_ids)))
         requests = [{"prompt_token_ids": ids} for ids in encoded]
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=self.progress)
         results = []

