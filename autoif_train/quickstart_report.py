@@ -16,6 +16,7 @@ from pathlib import Path
 ROUND_KEYS = (
     "round", "prompts", "prompts_with_pair", "pairs", "mean_pass_rate", "dpo_loss", "rewards_margins",
     "rewards_accuracies", "generation_seconds", "scoring_seconds", "training_seconds", "train_steps",
+    "mean_completion_tokens", "clipped_ratio", "eos_share", "unscored_share",
 )
 
 
