@@ -6,8 +6,10 @@ Usage:
 Workload: 8 stdlib verifiers (typical AutoIF constraints) x 64 responses of ~200 words = 512 calls per round.
 Prints calls/s of the pool and of in-process exec on the same calls, interleaved round by round so all see the
 same machine load: AutoIF's way (verifiers exec'd once in this process, each call under signal.alarm) and bare
-calls (no timeout at all: the upper bound); the ratios; and the p50/p99 latency of the pool's batches (from the
-moment a worker starts a batch to its last result).
+calls (no timeout at all: the upper bound); the ratios; the p50/p99 latency of the pool's batches (from the
+moment a worker starts a batch to its last result); and the cost of the isolation per verifier group: each
+verifier runs in a process of its own, which a zygote keeps for that verifier's later batches, so the main rounds
+(the same 8 verifiers every round) pay it once, and a last phase with never-seen verifiers pays it every batch.
 Target: pool >= 50% of in-process throughput; per-call processes run at ~40 calls/s.
 """
 
@@ -90,10 +92,22 @@ def main(workers: int = 2, rounds: int = 20, isolation: str = "seccomp", words: 
             [fns[code](response) for code, response in calls]
             times["bare"] += time.perf_counter() - start
         latencies = sorted(pool.batch_latencies)
+        # isolation cost: the same work with never-seen verifiers, so every batch needs a new verifier process
+        before = dict(pool.stats)
+        fresh_rounds = max(1, rounds // 4)
+        start = time.perf_counter()
+        for i in range(fresh_rounds):
+            fresh = {code: f"{code}# round {i}\n" for code in VERIFIERS}
+            assert pool.run([(fresh[code], r) for code, r in calls]) == first
+        fresh_time = time.perf_counter() - start
+        processes = pool.stats["processes"] - before["processes"]
+        iso = (pool.stats["isolation_s"] - before["isolation_s"]) / max(1, processes)
     rate = {k: rounds * len(calls) / t for k, t in times.items()}
+    rate["fresh"] = fresh_rounds * len(calls) / fresh_time
     p50 = statistics.median(latencies)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     result = dict(rate, ratio=rate["pool"] / rate["autoif"], ratio_bare=rate["pool"] / rate["bare"], p50=p50, p99=p99)
+    result.update(ratio_fresh=rate["fresh"] / rate["autoif"], isolation_ms=iso * 1000)
     print(f"workload: {len(VERIFIERS)} verifiers x {len(responses)} responses of ~{words} words = {len(calls)} "
           f"calls/round, {rounds} rounds, {workers} workers, isolation={isolation}, batch size {pool.batch_size}")  # fmt: skip
     print(f"{'pool (sandboxed)':<34}{rate['pool']:>10,.0f} calls/s")
@@ -102,6 +116,10 @@ def main(workers: int = 2, rounds: int = 20, isolation: str = "seccomp", words: 
     print(f"{'ratio pool / exec + alarm':<34}{result['ratio']:>10.1%}   (target >= 50%)")
     print(f"{'ratio pool / bare calls':<34}{result['ratio_bare']:>10.1%}")
     print(f"{'batch latency p50 / p99':<34}{p50 * 1000:>7.2f} ms / {p99 * 1000:.2f} ms ({len(latencies)} batches)")
+    print(f"{'isolation per verifier group':<34}{iso * 1000:>7.2f} ms   (new verifier process: fork, set-up, module "
+          f"body, kill; {processes} processes)")  # fmt: skip
+    print(f"{'pool, every verifier new':<34}{rate['fresh']:>10,.0f} calls/s   ({result['ratio_fresh']:.1%} of exec + "
+          "alarm; one new process per verifier group)")  # fmt: skip
     return result
 
 

@@ -5,9 +5,10 @@
         results = pool.run([(code, response), ...])   # -> [True | False | None, ...] in input order
     pass_rate(results)                                # mean over the bools; all None -> 0.0
 
-Verifier code never runs in the calling process: it runs in long-lived worker processes (started with
-`subprocess`, never forked from the caller) that lock themselves down first (see `lockdown.py` for what is and is
-not covered). Result semantics are in `scoring.py`.
+Verifier code never runs in the calling process: each verifier runs in a process of its own, forked from a
+locked-down zygote worker (started with `subprocess`, never forked from the caller); see `lockdown.py` for what is
+and is not covered. `pool.disabled` and `pool.unavailable` report verifiers that were cut off or could not run.
+Result semantics are in `scoring.py`.
 """
 
 from autoif_train.sandbox.lockdown import ISOLATION_MODES, IsolationUnavailable, check_isolation

@@ -1,37 +1,46 @@
-"""What a verifier worker does to itself before it runs any untrusted code, and the checks that it can.
+"""What a sandbox worker does to itself before it runs any untrusted code, and the checks that it can.
 
 Isolation modes (`VerifierPool(isolation=...)`):
   "seccomp" (default)  rlimits + drop root + Landlock + seccomp, described below.
   "bwrap"              the same, inside bubblewrap (`bwrap --unshare-all --new-session --ro-bind / / --tmpfs /tmp
                        --clearenv --cap-drop ALL`, uid 65534): its own pid, network, ipc and user namespaces.
   "none"               rlimits + drop root + empty environment only (no Landlock, no seccomp: a verifier can
-                       fork, write files and open sockets); must be chosen explicitly.
+                       fork, write files, open sockets, ptrace its zygote); must be chosen explicitly.
 
-Applied in the worker, in this order:
-  - rlimits (soft = hard, so they cannot be raised): address space (default 1 GiB), lifetime CPU seconds, 64 open
-    files, no core dumps, file size 0;
+A worker is a zygote: it locks itself down, then forks one process per verifier (see `worker.py`). Applied in the
+zygote, in this order, and inherited by every verifier process:
+  - rlimits (soft = hard, so they cannot be raised): address space (default 1 GiB) and CPU seconds per process,
+    64 open files, no core dumps, file size 0; when root, RLIMIT_NPROC 256 for the sandbox uid (it counts every
+    task of nobody on the host; the pool adds a pids cgroup per worker, `max_tasks`, where one can be made);
   - when running as root: drop to uid/gid 65534 (nobody) with no supplementary groups; if nobody cannot read the
     Python installation (e.g. pyenv under /root), keep only CAP_DAC_READ_SEARCH, bounded by Landlock to the
-    read-only paths below (mode "none": stay uid 0 with no capability instead). RLIMIT_NPROC means nothing
-    for root: seccomp is what stops forks;
-  - Landlock: read-only access to system libraries, the Python installation (sys.path) and this package only,
-    so home directories, API tokens, data and the caller's /proc/PID/environ are unreadable and nothing is
+    read-only paths below (mode "none": stay uid 0 with no capability instead);
+  - Landlock: read-only access to system libraries (/usr, /lib, ...), the interpreter's stdlib (not its
+    site-packages) and the sandbox package only. The checkout root, .git, outputs/, runs/, the venv (site-packages
+    included: the worker imports what it needs first), home directories and /proc are unreadable, nothing is
     writable; no TCP bind/connect; no signals to, or abstract unix sockets of, processes outside the sandbox
     (Landlock ABI >= 4 / >= 6 where the kernel has it);
-  - seccomp (EPERM): socket/socketpair/connect/bind/listen/accept, execve/execveat, fork/vfork and clone without
-    CLONE_THREAD (threads are allowed; clone3 -> ENOSYS so libc falls back to clone), kill/tkill/tgkill/
-    pidfd_*/rt_sigqueueinfo, ptrace/process_vm_*, open/openat/creat with write, create, truncate or append flags
-    (openat2 -> ENOSYS), unlink/rename/mkdir/rmdir/link/symlink/mknod/chmod/chown/truncate/utime/xattr writes,
+  - seccomp (EPERM): socket/socketpair/connect/bind/listen/accept, execve/execveat, tkill/tgkill/pidfd_*/
+    rt_sigqueueinfo, ptrace/process_vm_*, open/openat/creat with write, create, truncate or append flags (openat2
+    -> ENOSYS), unlink/rename/mkdir/rmdir/link/symlink/mknod/chmod/chown/truncate/utime/xattr writes,
     mount/umount/unshare/setns/chroot/pivot_root, setsid/setpgid, raising rlimits, io_uring, bpf,
-    perf_event_open, userfaultfd, memfd_create, keyctl, module/kexec/reboot/swap calls.
-The worker also starts with an empty environment and stdin/stdout/stderr pointed at /dev/null (its channel to the
-pool is a pair of private pipe fds).
+    perf_event_open, userfaultfd, memfd_create, memfd_secret, keyctl, SysV IPC (shm*, msg*, sem*, ipc), POSIX
+    message queues (mq_*), module/kexec/reboot/swap calls; clone3 -> ENOSYS so libc uses clone.
+  - each verifier process adds a second filter: fork/vfork, clone without CLONE_THREAD (threads are allowed) and
+    kill. So nothing a verifier makes (files, IPC objects, processes, keys) outlives its process.
+The zygote starts with an empty environment and stdin/stdout/stderr on /dev/null; a verifier process keeps only
+its own two pipe fds to the zygote.
+
+Integrity (seccomp and bwrap modes): a verifier process holds one verifier and nothing that reaches another's
+results (no shared memory, no other pipe, no ptrace or signals), so patched modules or builtins, swapped
+`__code__`, rewritten frames, threads left running and forged pipe bytes change only its own results. Timing and
+strikes come from the zygote's clock, which runs no verifier code.
 
 Not protected against: kernel exploits through the syscalls that stay allowed; reading what is readable (system
-files under /usr, the Python installation); CPU and memory use up to the limits; a verifier lying about its own
-result or, since the verifiers in one worker share a process, tampering with the results, module state or progress
-counter of other calls in the same worker (e.g. writing fake result lines to the channel fd, or making the
-watchdog blame another call). Results carry only true/false/null, so a verifier cannot make the caller run code.
+files under /usr, the stdlib); CPU and memory use up to the limits (a zygote keeps up to `keep_processes` idle
+verifier processes, each under the address-space limit); a verifier lying about or timing its own results, or
+reading the responses of its own batch; in mode "none", any of the integrity guarantees. Results carry only
+true/false/null, so a verifier cannot make the caller run code.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import sys
 
 ISOLATION_MODES = ("seccomp", "bwrap", "none")
 NOBODY = 65534
+NPROC = 256  # RLIMIT_NPROC of the sandbox uid: a backstop; the per-worker pids cgroup is the real cap
 
 
 class IsolationUnavailable(RuntimeError):
@@ -126,11 +136,68 @@ def bwrap_prefix(uid: int) -> list[str]:
     return cmd + ["--"]
 
 
+def pids_cgroup(name: str, max_tasks: int) -> str | None:
+    """Create a pids cgroup `name` (v1, or v2 where this process's cgroup delegates pids) with pids.max =
+    `max_tasks`, next to this process's own; its folder, or None where none can be made (e.g. not root)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = dict(line.rstrip("\n").split(":", 2)[1:] for line in f if line.count(":") >= 2)
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1:4] for line in f]
+        for where, fstype, options in mounts:
+            if fstype == "cgroup" and "pids" in options.split(",") and "pids" in own:
+                base = where + own["pids"]
+            elif fstype == "cgroup2" and "" in own:
+                base = where + own[""]
+                with open(os.path.join(base, "cgroup.subtree_control")) as f:
+                    if "pids" not in f.read().split():
+                        continue
+            else:
+                continue
+            base = base.rstrip("/") or "/"
+            for old in os.listdir(base):  # left by pools whose process ended without close(): empty, remove
+                owner = old.split("-")[2] if old.startswith("autoif-sandbox-") else ""
+                if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                    remove_cgroup(os.path.join(base, old))
+            path = os.path.join(base, name)
+            os.mkdir(path, 0o755)
+            if not set_pids_max(path, max_tasks):
+                os.rmdir(path)
+                return None
+            return path
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def set_pids_max(path: str, max_tasks: int) -> bool:
+    try:
+        with open(os.path.join(path, "pids.max"), "w") as f:
+            f.write(str(max_tasks))
+        return True
+    except OSError:
+        return False
+
+
+def remove_cgroup(path: str | None) -> bool:
+    """Remove a cgroup made by pids_cgroup once its tasks are gone; whether it is gone."""
+    if not path:
+        return True
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- applied in the worker
 
 
 def apply_rlimits(memory_mb: int, cpu_seconds: int) -> None:
-    """Address space, lifetime CPU, open files, core size and file size limits, soft = hard."""
+    """Address space, CPU seconds (per process), open files, core and file size limits, soft = hard; when root
+    (about to become nobody), also RLIMIT_NPROC, which counts every task of that uid on the host."""
     limits = {
         resource.RLIMIT_AS: memory_mb * 1024 * 1024,
         resource.RLIMIT_CPU: cpu_seconds,
@@ -138,6 +205,8 @@ def apply_rlimits(memory_mb: int, cpu_seconds: int) -> None:
         resource.RLIMIT_CORE: 0,
         resource.RLIMIT_FSIZE: 0,
     }
+    if os.geteuid() == 0:
+        limits[resource.RLIMIT_NPROC] = NPROC
     for res, value in limits.items():
         hard = resource.getrlimit(res)[1]
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
@@ -228,18 +297,32 @@ SYSTEM_READ_PATHS = (
     "/dev/null",
     "/dev/urandom",
 )
+SANDBOX_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def stdlib_paths() -> list[str]:
+    """The interpreter's standard library: each entry of its folder but `site-packages`, plus its zip if any."""
+    import sysconfig
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    out = [p for p in sys.path if p.endswith(".zip") and os.path.isfile(p)]
+    try:
+        out += [
+            os.path.join(stdlib, e) for e in sorted(os.listdir(stdlib)) if e not in ("site-packages", "dist-packages")
+        ]
+    except OSError:
+        pass
+    return out
 
 
 def read_paths(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """What a worker may read: system libraries, the Python installation (sys.path), the autoif_train package."""
-    import autoif_train
-
-    paths = list(SYSTEM_READ_PATHS) + [p for p in sys.path if p] + [os.path.dirname(autoif_train.__file__)]
-    paths += [sys.prefix, os.path.join(sys.base_prefix, "lib")] + list(extra)
-    out = []
+    """What a worker may read: system libraries, the interpreter's stdlib, the sandbox package, and `extra`."""
+    paths = list(SYSTEM_READ_PATHS) + stdlib_paths() + [SANDBOX_DIR] + list(extra)
+    out, seen = [], set()
     for p in paths:
         real = os.path.realpath(p)
-        if os.path.exists(real) and real not in out:
+        if os.path.exists(real) and real not in seen:
+            seen.add(real)
             out.append(real)
     return out
 
@@ -275,19 +358,21 @@ def apply_landlock(paths: list[str]) -> int:
 
 
 _DENY_ALWAYS = """
-socket socketpair connect bind listen accept accept4 execve execveat fork vfork kill tkill tgkill rt_sigqueueinfo
+socket socketpair connect bind listen accept accept4 execve execveat tkill tgkill rt_sigqueueinfo
 rt_tgsigqueueinfo pidfd_open pidfd_send_signal pidfd_getfd ptrace process_vm_readv process_vm_writev creat unlink
 unlinkat rename renameat renameat2 mkdir mkdirat rmdir link linkat symlink symlinkat mknod mknodat chmod fchmod
 fchmodat fchmodat2 chown fchown fchownat lchown truncate ftruncate utime utimes utimensat futimesat setxattr
 lsetxattr fsetxattr removexattr lremovexattr fremovexattr mount umount2 move_mount fsopen fsmount fsconfig open_tree
 unshare setns chroot pivot_root setsid setpgid setrlimit io_uring_setup io_uring_enter io_uring_register bpf
-perf_event_open userfaultfd memfd_create keyctl add_key request_key init_module finit_module delete_module
-kexec_load kexec_file_load reboot swapon swapoff acct quotactl name_to_handle_at open_by_handle_at
+perf_event_open userfaultfd memfd_create memfd_secret keyctl add_key request_key init_module finit_module
+delete_module kexec_load kexec_file_load reboot swapon swapoff acct quotactl name_to_handle_at open_by_handle_at
+shmget shmat shmdt shmctl msgget msgsnd msgrcv msgctl semget semop semtimedop semctl ipc mq_open mq_unlink
+mq_timedsend mq_timedreceive mq_notify mq_getsetattr
 """.split()
+_DENY_IN_VERIFIER = "fork vfork kill".split()  # the zygote forks and kills its verifier processes; they cannot
 
 
-def apply_seccomp() -> None:
-    """Load the deny-list filter described in the module docstring (EPERM; clone3/openat2 -> ENOSYS)."""
+def _filter(zygote: bool):
     import pyseccomp as sc
 
     f = sc.SyscallFilter(defaction=sc.ALLOW)
@@ -299,16 +384,53 @@ def apply_seccomp() -> None:
         except (ValueError, RuntimeError, OSError):  # syscall unknown on this architecture
             pass
 
+    if not zygote:  # a verifier process: only what the zygote's filter (already loaded, inherited) allows
+        for name in _DENY_IN_VERIFIER:
+            deny(name)
+        deny("clone", sc.Arg(0, sc.MASKED_EQ, 0x00010000, 0))  # CLONE_THREAD not set -> a new process
+        return f
     for name in _DENY_ALWAYS:
         deny(name)
-    deny("clone", sc.Arg(0, sc.MASKED_EQ, 0x00010000, 0))  # CLONE_THREAD not set -> a new process
-    deny("clone3", action=sc.ERRNO(errno.ENOSYS))
+    deny("clone3", action=sc.ERRNO(errno.ENOSYS))  # libc falls back to clone, which the rules can inspect
     deny("openat2", action=sc.ERRNO(errno.ENOSYS))
     for flag in (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND):
         deny("open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
         deny("openat", sc.Arg(2, sc.MASKED_EQ, flag, flag))
     deny("prlimit64", sc.Arg(2, sc.NE, 0))  # setting (not reading) a limit
-    f.load()
+    return f
+
+
+def apply_seccomp() -> None:
+    """Load the zygote's deny-list filter described in the module docstring (EPERM; clone3/openat2 -> ENOSYS)."""
+    _filter(zygote=True).load()
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class VerifierFilter:
+    """The extra seccomp filter of a verifier process (no fork, no kill), compiled once in the zygote so that
+    loading it after each fork is one prctl call."""
+
+    def __init__(self):
+        r, w = os.pipe()
+        try:
+            _filter(zygote=False).export_bpf(type("Fd", (), {"fileno": lambda self: w})())
+            os.close(w)
+            w = -1
+            data = b""
+            while chunk := os.read(r, 65536):
+                data += chunk
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+        self._prog = ctypes.create_string_buffer(data, len(data))
+        self._fprog = _SockFprog(len(data) // 8, ctypes.addressof(self._prog))
+
+    def load(self) -> None:
+        _check(_libc.prctl(22, 2, ctypes.byref(self._fprog), 0, 0), "PR_SET_SECCOMP")  # SECCOMP_MODE_FILTER
 
 
 def lock_down(mode: str, memory_mb: int, cpu_seconds: int, extra_read_paths: list[str] | None = None) -> str:
