@@ -205,3 +205,28 @@ def test_zero3_two_processes_kill_inside_round_1_then_resume_equals_uninterrupte
             shards = sorted(p.name for p in (out / rec["checkpoint"]).glob("global_step*/*optim_states.pt"))
             assert len(shards) == 2, shards
     assert start + 1 < end
+
+
+@pytest.mark.slow
+def test_held_out_evaluation_cut_short_is_redone_alone(tiny_model_dir, reference, tmp_path):
+    """The held-out evaluation runs after complete.json: killed during it, the rerun evaluates the finished round's
+    checkpoint and merges the result into its record, without retraining anything."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)  # both rounds complete, no held-out pass rate recorded yet
+    heldout = ("--eval_dataset_path", str(ROOT / "tests" / "data" / "heldout_prompts.jsonl"), "--eval_every_round",
+               "true")
+    _run(_command(tiny_model_dir, out, False, *EXTRA, *heldout), tmp_path / "rerun.log")
+    assert _steps_trained(tmp_path / "rerun.log") == 0
+    rounds = _rounds(out)
+    assert "heldout_pass_rate" not in rounds[0] and 0.0 <= rounds[1]["heldout_pass_rate"] <= 1.0
+    assert len(_jsonl_rows(out / "rounds" / "round_0001" / "heldout.jsonl")) == 3
+    assert _comparable([{k: v for k, v in r.items() if k != "heldout_pass_rate"} for r in rounds]) == \
+        _comparable(_rounds(reference))
+    final, expected = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
