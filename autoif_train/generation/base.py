@@ -124,6 +124,15 @@ class Completion:
                 "num_tokens": self.num_tokens}
 
 
+def resolve_model_path(model: str) -> str:
+    """Embedded model names (e.g. `smollm2-135m-instruct`) become their prepared local path; others are unchanged."""
+    try:
+        from autoif_train.models import resolve_model
+    except ImportError:
+        return model
+    return resolve_model(model)
+
+
 def to_messages(prompt: Prompt) -> Messages:
     """A chat message list for `prompt`: plain strings become one user turn; message lists are checked and copied."""
     if isinstance(prompt, str):

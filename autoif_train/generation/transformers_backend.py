@@ -5,8 +5,8 @@ online-DPO policy sampler (`autoif_train.generation.policy`) both call it. Promp
 into batches of `batch_size` prompts; each batch makes all `n` samples from one prompt prefill
 (`generate_shared_prefill`), so a call issues ceil(len(prompts) / batch_size) `generate` calls. Generation stops
 on every end-of-turn id (`generation.chat.end_of_turn_ids`). The generator seeds per batch (seed + batch index),
-so results do not depend on other work in the process. fp32 on CPU, bf16 on a GPU that supports it. Not protected against: prompts longer than the model's context (they are
-left-truncated to `max_prompt_tokens`).
+so results do not depend on other work in the process. fp32 on CPU, bf16 on a GPU that supports it. Not protected
+against: prompts longer than the model's context (they are left-truncated to `max_prompt_tokens`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from autoif_train.generation.base import (
     Generator,
     Prompt,
     apply_stop,
+    resolve_model_path,
     to_messages,
     transformers_kwargs,
 )
@@ -61,15 +62,6 @@ def sample_completions(model, tokenizer, prompt_ids: list[list[int]], config: Ge
     return results
 
 
-def _resolve(model: str) -> str:
-    """Embedded model names (e.g. `smollm2-135m-instruct`) become their prepared local path."""
-    try:
-        from autoif_train.models import resolve_model
-    except ImportError:
-        return model
-    return resolve_model(model)
-
-
 class TransformersGenerator(Generator):
     """Generate with a local or hub causal LM (`model` is a path, hub id or embedded model name)."""
 
@@ -98,7 +90,7 @@ class TransformersGenerator(Generator):
             torch_dtype = torch.bfloat16 if use_bf16 else torch.float32
         else:
             torch_dtype = getattr(torch, dtype)
-        path = _resolve(model)
+        path = resolve_model_path(model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForCausalLM.from_pretrained(

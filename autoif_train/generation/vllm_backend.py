@@ -17,20 +17,12 @@ from autoif_train.generation.base import (
     Generator,
     Prompt,
     apply_stop,
+    resolve_model_path,
     to_messages,
     vllm_kwargs,
 )
 from autoif_train.generation.chat import encode_prompt, end_of_turn_ids
 from autoif_train.generation.vllm_engine import build_llm, check_prompt_fits, on_cpu, require_vllm, sampling_params
-
-
-def _resolve(model: str) -> str:
-    """Embedded model names (e.g. `smollm2-135m-instruct`) become their prepared local path."""
-    try:
-        from autoif_train.models import resolve_model
-    except ImportError:
-        return model
-    return resolve_model(model)
 
 
 class VLLMGenerator(Generator):
@@ -62,7 +54,7 @@ class VLLMGenerator(Generator):
         **engine_kwargs,
     ):
         require_vllm("backend 'vllm'")
-        path = _resolve(model)
+        path = resolve_model_path(model)
         self.progress = progress
         try:
             self.llm = build_llm(

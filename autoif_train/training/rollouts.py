@@ -121,7 +121,6 @@ class RolloutMixin:
         size = args.rollout_chunk_prompts or args.prompts_per_round
         end = len(self.prompts) if args.pairs_per_round else min(len(self.prompts), first_prompt + args.prompts_per_round)
         samples, scores, chunk, reused, timing = [], [], 0, False, {"samples": 0.0, "scores": 0.0}
-        pairs: list[dict] = []
         start = first_prompt
         while start < end:
             rows = self.prompts[start : min(end, start + size)]
@@ -146,18 +145,22 @@ class RolloutMixin:
                     timing[kind] += self.store.chunk_seconds(r, chunk, kind)
                 samples += chunk_samples
                 scores += chunk_scores
-                pairs, _ = build_round_pairs(samples, [sc["pass_rate"] for sc in scores], self.rule,
-                                             seed=args.seed + r, num_prompts=start + len(rows) - first_prompt)
             start += len(rows)
             chunk += 1
-            enough = bool(args.pairs_per_round) and len(self._trainable(pairs) if pairs else []) >= args.pairs_per_round
-            if broadcast_object_list([enough])[0]:
+            if args.pairs_per_round and broadcast_object_list([self._enough_pairs(r, samples, scores)])[0]:
                 break
         result = None
         if acc.is_main_process:
             result = self._plan(r, first_prompt, start, samples, scores, timing, reused)
         pairs, plan = broadcast_object_list([result])[0]
         return pairs, dict(plan, reused_pairs=False)
+
+    def _enough_pairs(self, r: int, samples: list[dict], scores: list[dict]) -> bool:
+        """Main process (others get its answer by broadcast): do the chunks so far give `pairs_per_round` pairs?"""
+        if not self.accelerator.is_main_process:
+            return False
+        pairs, _ = build_round_pairs(samples, [sc["pass_rate"] for sc in scores], self.rule, seed=self.args.seed + r)
+        return len(self._trainable(pairs)) >= self.args.pairs_per_round
 
     def _plan(self, r: int, first_prompt: int, end_prompt: int, samples, scores, timing, reused) -> tuple[list, dict]:
         """Main process: the round's pairs (cut at `pairs_per_round`), its step budget and counts; written to disk."""
