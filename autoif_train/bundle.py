@@ -18,7 +18,6 @@ protected against: verifiers that are wrong in a way the test cases do not catch
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import os
@@ -116,17 +115,11 @@ def _raise_if(errors: list[str]) -> None:
 
 
 def _code_problem(code: str) -> str | None:
-    """Why `code` is not a usable verifier source (syntax, no top-level `evaluate(response)`), or None. Never runs it."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError as err:
-        return f"syntax error at code line {err.lineno}: {err.msg}"
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == "evaluate":
-            if len(node.args.args) != 1:
-                return "evaluate must take exactly one argument (the response)"
-            return None
-    return "defines no top-level function evaluate(response)"
+    """Why `code` is not a usable verifier (`rewards.verifier_problem`, the one static check), or None. Never runs it."""
+    from autoif_train.rewards import verifier_problem
+
+    problem = verifier_problem(code)
+    return problem[1] if problem else None
 
 
 def _check_instruction(obj: dict, where: str, errors: list[str]) -> Instruction | None:
@@ -318,14 +311,17 @@ class Mismatch:
 def cross_validate(instructions: list[Instruction], pool) -> list[Mismatch]:
     """Run every verifier on every test case of its instruction in `pool` (an `autoif_train.sandbox.VerifierPool`);
     return each (verifier, case) whose result is not exactly the expected bool. An empty list means all agree."""
-    keys, calls = [], []
+    from autoif_train.rewards import VerifierCodeReward
+
+    keys, targets, cases = [], [], []
     for inst in instructions:
         for v in inst.verifiers:
             for i, case in enumerate(inst.cases):
                 keys.append((inst.id, v.id, i, case.output))
-                calls.append((v.code, case.input))
-    results = pool.run(calls)
-    return [Mismatch(*key, got) for key, got in zip(keys, results, strict=True) if got is not key[3]]
+                targets.append([v.code])
+                cases.append(case.input)
+    results = VerifierCodeReward(pool).score(targets, cases).results
+    return [Mismatch(*key, got[0]) for key, got in zip(keys, results, strict=True) if got[0] is not key[3]]
 
 
 def _run_cross_validation(instructions: list[Instruction], workers: int, timeout: float, isolation: str) -> int:

@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
 
+from autoif_train.data.pairs import PairRuleFields
+from autoif_train.rewards.base import RewardError, RewardFields
+
 STAGES = ("sft", "dpo", "online_dpo")
 
 
@@ -97,11 +100,10 @@ class AutoIFDPOConfig(DPOConfig):
 
 
 @dataclass
-class OnlineDPOConfig(AutoIFDPOConfig):
-    """AutoIF iterative online DPO: sample K responses per prompt, score with verifiers, build pairs, train.
-
-    Pair rule (AutoIF): chosen = pass rate >= `chosen_threshold`, rejected = pass rate <= `rejected_threshold`
-    (default 0, i.e. == 0); at most `max_chosen` x `max_rejected` pairs per prompt.
+class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields):
+    """AutoIF iterative online DPO: sample K responses per prompt, score with the `rewards` (default: the prompts'
+    verifier code, sandboxed), build pairs with the pair rule (`data.pairs`: `chosen_threshold`, `rejected_threshold`,
+    `max_chosen`, `max_rejected`, `truncated_samples`, `pair_ranking`), train.
     """
 
     num_rounds: int = field(default=3, metadata={"help": "Online rounds (stops early when prompts run out)."})
@@ -129,18 +131,8 @@ class OnlineDPOConfig(AutoIFDPOConfig):
     generation_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Extra sampling keywords (vLLM SamplingParams / transformers generate), a "
                                         "mapping in YAML or a JSON string on the command line."})
-    truncated_samples: str = field(
-        default="exclude", metadata={"help": "Samples cut at max_new_tokens: exclude (join no pair) | penalize "
-                                             "(pass rate 0, rejected only) | keep."})
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
-    chosen_threshold: float = field(default=0.5, metadata={"help": "Pass rate >= this is chosen."})
-    rejected_threshold: float = field(default=0.0, metadata={"help": "Pass rate <= this is rejected."})
-    max_chosen: int = field(default=2, metadata={"help": "At most this many chosen responses per prompt."})
-    max_rejected: int = field(default=2, metadata={"help": "At most this many rejected responses per prompt."})
     epochs_per_round: float = field(default=1.0, metadata={"help": "DPO epochs over each round's pairs."})
-    verifier_workers: int = field(default=2, metadata={"help": "Sandboxed verifier worker processes."})
-    verifier_timeout: float = field(default=1.0, metadata={"help": "Seconds per verifier call."})
-    isolation: str = field(default="seccomp", metadata={"help": "seccomp | bwrap | none (unsafe)."})
     use_vllm: bool = field(default=False, metadata={"help": "Sample with vLLM instead of transformers."})
     vllm_mode: str = field(default="colocate", metadata={"help": "colocate | server."})
     vllm_gpu_memory_utilization: float = field(
@@ -157,8 +149,6 @@ class OnlineDPOConfig(AutoIFDPOConfig):
     def __post_init__(self):
         import json
 
-        from autoif_train.data.pairs import TRUNCATED_MODES
-
         if isinstance(self.generation_kwargs, str):
             try:
                 self.generation_kwargs = json.loads(self.generation_kwargs)
@@ -166,8 +156,11 @@ class OnlineDPOConfig(AutoIFDPOConfig):
                 raise RecipeError(f"generation_kwargs must be a mapping (JSON on the command line): {err}") from err
         if self.generation_kwargs is not None and not isinstance(self.generation_kwargs, dict):
             raise RecipeError(f"generation_kwargs must be a mapping, got {type(self.generation_kwargs).__name__}")
-        if self.truncated_samples not in TRUNCATED_MODES:
-            raise RecipeError(f"truncated_samples must be one of {TRUNCATED_MODES}, got {self.truncated_samples!r}")
+        try:
+            self.pair_rule()
+            self.check_reward_fields()
+        except (ValueError, RewardError) as err:
+            raise RecipeError(str(err)) from err
         for name in ("num_rounds", "prompts_per_round", "num_samples", "max_new_tokens", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -10,7 +10,8 @@ R.jsonl lines: {"id": str, "response": str, "verifiers": [verifier id, ...]}
 O.jsonl lines: {"id": str, "results": [true | false | null, ...], "pass_rate": float}, in input order.
 
 A result is true/false when `evaluate` returned a bool (or "true"/"false"), null on an exception, a timeout, a
-crash or any other value; pass_rate is the mean over the non-null results, 0.0 when all are null. All input is
+crash or any other value; pass_rate is the mean over the non-null results, 0.0 when all are null (scoring is the
+one path, `autoif_train.rewards.VerifierCodeReward`). All input is
 checked before anything runs (an error names file, line and field); the output appears only when complete.
 """
 
@@ -22,7 +23,8 @@ import os
 import sys
 from pathlib import Path
 
-from autoif_train.sandbox import ISOLATION_MODES, IsolationUnavailable, VerifierPool, code_hash, pass_rate
+from autoif_train.rewards import VerifierCodeReward, is_verifier_code
+from autoif_train.sandbox import ISOLATION_MODES, IsolationUnavailable, VerifierPool, code_hash
 
 
 class InputError(ValueError):
@@ -69,7 +71,7 @@ def load_inputs(verifiers_path: Path, responses_path: Path) -> tuple[list[dict],
         for j, ref in enumerate(row["verifiers"]):
             if isinstance(ref, str) and ref in codes:
                 resolved.append(codes[ref])
-            elif isinstance(ref, str) and "def evaluate" in ref:
+            elif isinstance(ref, str) and is_verifier_code(ref):
                 resolved.append(ref)
             else:
                 raise InputError(f"{responses_path}:{row['_line']}: field 'verifiers'[{j}]: unknown verifier id "
@@ -89,25 +91,21 @@ def main(
 ) -> dict:
     """Score every response; write O.jsonl atomically; return a summary (rows, calls, mean pass rate, disabled)."""
     rows, per_row = load_inputs(Path(verifiers), Path(responses))
-    calls = [(code, row["response"]) for row, codes in zip(rows, per_row) for code in codes]
     with VerifierPool(workers=workers, timeout=timeout, isolation=isolation) as pool:
-        flat = pool.run(calls, progress=progress)
+        scores = VerifierCodeReward(pool, progress=progress).score(per_row, [row["response"] for row in rows])
         disabled = dict(pool.disabled)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    rates, pos = [], 0
+    rates = scores.rates(0.0)
     with tmp.open("w", encoding="utf-8") as f:
-        for row, codes in zip(rows, per_row):
-            results = flat[pos : pos + len(codes)]
-            pos += len(codes)
-            rates.append(pass_rate(results))
-            f.write(json.dumps({"id": row["id"], "results": results, "pass_rate": rates[-1]}) + "\n")
+        for row, results, rate in zip(rows, scores.results, rates):
+            f.write(json.dumps({"id": row["id"], "results": results, "pass_rate": rate}) + "\n")
     os.replace(tmp, out)
     names = {code_hash(c): ref for row, codes in zip(rows, per_row) for ref, c in zip(row["verifiers"], codes)}
     return {
         "rows": len(rows),
-        "calls": len(calls),
+        "calls": sum(len(codes) for codes in per_row),
         "mean_pass_rate": sum(rates) / len(rates) if rates else 0.0,
         "disabled_verifiers": sorted(str(names.get(k, k))[:80] for k in disabled),
         "out": str(out),

@@ -24,8 +24,6 @@ from autoif_train.sandbox import (
     check_isolation,
     code_hash,
     lockdown,
-    pass_rate,
-    score_responses,
 )
 from autoif_train.sandbox import pool as pool_module
 
@@ -73,22 +71,19 @@ def test_result_semantics_and_pass_rate(pool):
         ("raise RuntimeError('module body fails')\ndef evaluate(r):\n    return True\n", "x"),
     ]
     assert pool.run(calls) == [True, False, True, False, None, None, None, None, None, None]
-    assert pass_rate([True, False, None, True]) == pytest.approx(2 / 3)
-    assert pass_rate([None, None]) == 0.0
-    assert pass_rate([]) == 0.0
 
 
-def test_score_responses_groups_results_per_response(pool):
+def test_verifier_code_reward_groups_results_per_response(pool):
+    from autoif_train.rewards import VerifierCodeReward
+
     short = "def evaluate(r):\n    return len(r) < 5\n"
     broken = "def evaluate(r):\n    return r[1000]\n"
-    items = [("abc", [LOWER, short]), ("ABCDEFG", [LOWER, short, broken]), ("x", [broken]), ("y", [])]
-    assert score_responses(pool, items) == [
-        ([True, True], 1.0),
-        ([False, False, None], 0.0),
-        ([None], 0.0),
-        ([], 0.0),
-    ]
-    assert score_responses(pool, [("Ab", [LOWER, short])])[0][1] == 0.5
+    rows = [[LOWER, short], [LOWER, short, broken], [broken], []]
+    scores = VerifierCodeReward(pool).score(rows, ["abc", "ABCDEFG", "x", "y"])
+    assert scores.results == [[True, True], [False, False, None], [None], []]
+    assert scores.pass_rates == [1.0, 0.0, None, None]  # no bool result: unscored
+    assert scores.rates(0.0) == [1.0, 0.0, 0.0, 0.0]  # AutoIF's code: all errors -> 0.0
+    assert VerifierCodeReward(pool).score([[LOWER, short]], ["Ab"]).pass_rates == [0.5]
 
 
 def test_order_preserved_across_batches_and_workers(pool):

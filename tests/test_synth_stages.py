@@ -247,10 +247,16 @@ def test_export_pair_rules():
     }]
     sft = export.sft_rows(rows, cfg)
     assert [r["messages"][1]["content"] for r in sft] == ["A"]  # pass > 0.5 and judged good; best first
-    pairs = export.query_pairs(rows, cfg)
-    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
-        ("A", "D"), ("A", "E"), ("B", "D"), ("B", "E")]  # >= 0.5 & good vs == 0, at most 2 x 2
-    wide = export.query_pairs(rows, SynthConfig(max_chosen=1, max_rejected=3))
+    pairs = [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in export.query_pairs(rows, cfg)]
+    # >= 0.5 & judged good (A, B; C failed the judge) vs == 0 (a seeded 2 of D, E, F), at most 2 x 2
+    assert len(pairs) == 4 and {c for c, _ in pairs} == {"A", "B"}
+    rejected = {r for _, r in pairs}
+    assert len(rejected) == 2 and rejected <= {"D", "E", "F"}
+    assert pairs == [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in export.query_pairs(rows, cfg)]
+    by_quality = export.query_pairs(rows, SynthConfig(pair_ranking="quality"))  # the old ranking, explicit
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in by_quality] == [
+        ("A", "D"), ("A", "E"), ("B", "D"), ("B", "E")]
+    wide = export.query_pairs(rows, SynthConfig(max_chosen=1, max_rejected=3, pair_ranking="quality"))
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in wide] == [("A", "D"), ("A", "E"), ("A", "F")]
     assert export.sft_rows(rows, SynthConfig(quality_filter=False))[0]["messages"][1]["content"] in ("A", "C")
 

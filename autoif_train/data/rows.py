@@ -141,16 +141,14 @@ def default_bundle_path(dataset_path: str) -> str | None:
     return str(candidate) if _looks_local(dataset_path) and candidate.is_file() else None
 
 
-def _is_code(verifier: str) -> bool:
-    return "def evaluate" in verifier
-
-
 def load_prompt_rows(path: str, bundle_path: str | None = None, split: str = "train") -> list[PromptRow]:
     """Online-DPO prompt rows (`id`, `prompt` or `messages`, `verifiers`), with verifier ids resolved to code.
 
     A verifier entry is either Python source defining `evaluate(response)` or an id into `bundle_path`
     (default: `functions.jsonl` beside `path`). Raises `DataError` naming the file and row on the first problem.
     """
+    from autoif_train.rewards import is_verifier_code
+
     rows = read_rows(path, split)
     bundle_path = bundle_path or default_bundle_path(path)
     bundle = load_verifier_bundle(bundle_path) if bundle_path else {}
@@ -177,7 +175,7 @@ def load_prompt_rows(path: str, bundle_path: str | None = None, split: str = "tr
         for v in verifiers:
             if not isinstance(v, str):
                 raise DataError(f"{where}: verifiers must be strings, got {type(v).__name__}")
-            if _is_code(v):
+            if is_verifier_code(v):
                 codes.append(v)
             elif v in bundle:
                 codes.append(bundle[v])

@@ -1,10 +1,11 @@
 """Held-out verifier pass rate: greedy responses to online-DPO prompt rows, scored by their verifier functions.
 
 The prompt rows are the online-DPO schema (`id`, `prompt` or `messages`, `verifiers` as code or ids into a
-`functions.jsonl` bundle), by default the bundled `verifiers/heldout_prompts.jsonl`. Verifier code runs only in the
-sandboxed `VerifierPool`, never in this process. A response's score is the sandbox's `pass_rate` over its prompt's
-verifiers (errors and timeouts are left out of the mean, as in training; all errors -> 0.0); `pass_rate` is the mean
-over prompts, `all_pass` the share of prompts whose verifiers all returned True.
+`functions.jsonl` bundle), by default the bundled `verifiers/heldout_prompts.jsonl`. Scoring is the one path
+(`rewards.VerifierCodeReward`): verifier code runs only in the sandboxed `VerifierPool`, never in this process. A
+response's score is its pass rate over its prompt's verifiers (errors and timeouts are left out of the mean, as in
+training; all errors -> 0.0 here, and counted in `unscored`); `pass_rate` is the mean over prompts, `all_pass` the
+share of prompts whose verifiers all returned True.
 
 `evaluate_verifier_pass_rate(model, tokenizer, prompt_rows, pool)` is the hook the online-DPO trainer calls at the
 end of a round with its in-memory policy. Not protected against: under ZeRO-3 the caller must gather the weights
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoif_train.data.rows import PromptRow, load_prompt_rows
-from autoif_train.sandbox import pass_rate
+from autoif_train.rewards import VerifierCodeReward
 
 KEPT_FIELDS = ("instruction_id", "category", "query_id", "query")  # copied into the per-prompt records
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "verifiers" / "heldout_prompts.jsonl"
@@ -41,21 +42,19 @@ def score_verifier_responses(
         raise ValueError(f"{len(responses)} responses for {len(rows)} verifier prompts")
     if not rows:
         raise ValueError("no verifier prompts to score")
-    calls = [(code, response) for row, response in zip(rows, responses) for code in row.verifiers]
-    results = pool.run(calls, progress=progress)
-    records, start = [], 0
-    for row, response in zip(rows, responses):
-        own = list(results[start : start + len(row.verifiers)])
-        start += len(row.verifiers)
+    scores = VerifierCodeReward(pool, progress=progress).score(rows, responses)
+    records = []
+    for row, response, own, rate in zip(rows, responses, scores.results, scores.rates(0.0)):
         records.append({
             "id": row.id, "messages": row.messages, "response": response, "results": own,
-            "pass_rate": pass_rate(own), **{k: v for k, v in row.extra.items() if k in KEPT_FIELDS},
+            "pass_rate": rate, **{k: v for k, v in row.extra.items() if k in KEPT_FIELDS},
         })
     metrics = {
         "pass_rate": sum(r["pass_rate"] for r in records) / len(records),
         "all_pass": sum(all(x is True for x in r["results"]) for r in records) / len(records),
         "num_prompts": len(records),
-        "num_calls": len(calls),
+        "num_calls": sum(len(r["results"]) for r in records),
+        "unscored": sum(scores.unscored),
         "verifier_errors": sum(x is None for r in records for x in r["results"]),
     }
     return metrics, records

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from autoif_train.configs import RecipeError, check_keys, read_recipe
+from autoif_train.data.pairs import PairRuleFields
 
 NLI_FILTERS = ("nli", "llm_judge", "none")
 BACKENDS = ("transformers", "openai", "vllm")
@@ -19,8 +20,8 @@ PATH_FIELDS = ("seed_instructions", "query_source")
 
 
 @dataclass
-class SynthConfig:
-    """Settings of `autoif synth` (YAML keys = field names)."""
+class SynthConfig(PairRuleFields):
+    """Settings of `autoif synth` (YAML keys = field names; the export's pair rule is `PairRuleFields`)."""
 
     output_dir: str = field(default="runs/synth", metadata={"help": "Run folder (artifacts, manifest, report)."})
     seed_instructions: str = field(
@@ -90,10 +91,7 @@ class SynthConfig:
     )
     ngram_size: int = field(default=13, metadata={"help": "Word n-gram length for the overlap check."})
     # 9. export
-    chosen_threshold: float = field(default=0.5, metadata={"help": "DPO chosen: pass rate >= this."})
-    rejected_threshold: float = field(default=0.0, metadata={"help": "DPO rejected: pass rate <= this."})
-    max_chosen: int = field(default=2, metadata={"help": "Chosen responses per prompt in pairs."})
-    max_rejected: int = field(default=2, metadata={"help": "Rejected responses per prompt in pairs."})
+    # (the pair rule's keys: `data.pairs.PairRuleFields`, the block online DPO reads too)
     sft_responses_per_query: int = field(default=1, metadata={"help": "Best responses kept per query for SFT."})
 
     def __post_init__(self):
@@ -109,6 +107,10 @@ class SynthConfig:
         for name in ("min_case_agreement", "min_function_accuracy", "min_pass_rate", "chosen_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        try:
+            self.pair_rule()
+        except ValueError as err:
+            problems.append(str(err))
         if not isinstance(self.backend_kwargs, dict):
             problems.append("backend_kwargs must be a mapping")
         if isinstance(self.decontamination_sources, str):

@@ -1,32 +1,20 @@
-"""Stage 3, cross-validation: every function runs on every case in the sandboxed `VerifierPool` (one batched
-`pool.run` per chunk). A function must compile and define `evaluate`; a case is kept when more than
+"""Stage 3, cross-validation: every function runs on every case through the one scoring path
+(`rewards.VerifierCodeReward`, the sandboxed `VerifierPool`, one batched run per chunk). A function must pass
+`rewards.verifier_problem` (compiles, defines `evaluate(response)`); a case is kept when more than
 `min_case_agreement` of the compiled functions agree with its expected output; a function is kept when its accuracy
 on the kept cases is above `min_function_accuracy`; an instruction needs `min_functions` functions and `min_cases`
 cases. Also records the instruction-level preference material: kept case inputs that pass every kept function
 (`chosen_cases`) and those that fail every one (`rejected_cases`).
 
-Compilation uses `compile()` in this process, which parses but never executes the code. Timeouts, crashes and
-non-bool results count as wrong answers.
+The static check parses but never executes the code. Timeouts, crashes and non-bool results count as wrong
+answers.
 """
 
 from __future__ import annotations
 
-import ast
 from collections import Counter
 
 NAME = "cross_validation"
-
-
-def compiles(code: str) -> str | None:
-    """None if `code` parses and defines a top-level `evaluate`, else the reason."""
-    try:
-        tree = ast.parse(code)
-        compile(tree, "<verifier>", "exec")
-    except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError):
-        return "syntax_error"
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "evaluate" for n in tree.body):
-        return "no_evaluate"
-    return None
 
 
 def judge(results: list[list[bool | None]], expected: list[bool], cfg) -> tuple[list[int], list[int], list[float]]:
@@ -50,28 +38,32 @@ def judge(results: list[list[bool | None]], expected: list[bool], cfg) -> tuple[
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
+    from autoif_train.rewards import VerifierCodeReward, verifier_problem
     from autoif_train.synth.pipeline import StageResult
 
     cfg = ctx.config
     drops, details = Counter(), Counter()
     compiled: list[list[str]] = []
-    calls = []
+    targets, cases = [], []
     for row in rows:
         good = []
         for code in row["functions"]:
-            problem = compiles(code)
+            problem = verifier_problem(code)
             if problem:
-                details[f"function:{problem}"] += 1
+                details[f"function:{problem[0]}"] += 1
             else:
                 good.append(code)
         compiled.append(good)
-        calls.extend((code, case["input"]) for code in good for case in row["cases"])
-    verdicts = ctx.pool.run(calls) if calls else []
+        if good:
+            targets += [good] * len(row["cases"])  # every compiled function on each case
+            cases += [case["input"] for case in row["cases"]]
+    per_case = VerifierCodeReward(ctx.pool).score(targets, cases).results if targets else []
     out, pos = [], 0
     for row, good in zip(rows, compiled):
         n_cases = len(row["cases"])
-        results = [verdicts[pos + f * n_cases : pos + (f + 1) * n_cases] for f in range(len(good))]
-        pos += len(good) * n_cases
+        block = per_case[pos : pos + n_cases] if good else []
+        pos += n_cases if good else 0
+        results = [[block[c][f] for c in range(n_cases)] for f in range(len(good))]  # results[f][c]
         details["calls"] += len(good) * n_cases
         details["calls_none"] += sum(v is None for r in results for v in r)
         if not good:

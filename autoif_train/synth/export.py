@@ -4,9 +4,10 @@
   responses with pass rate > `min_pass_rate` that passed the quality judge); `sft_alpaca.json`: the same as
   LLaMA-Factory alpaca records `{"instruction", "input", "output"}`.
 - `dpo.jsonl`: TRL conversational preference rows `{"prompt": [user], "chosen": [assistant], "rejected":
-  [assistant]}`: query level (pass rate >= `chosen_threshold` and judged good vs. <= `rejected_threshold`, at most
-  `max_chosen` x `max_rejected` per query) plus instruction level (cross-validation cases passing all kept
-  functions vs. failing all, with the instruction as the prompt; checked for n-gram overlap as well).
+  [assistant]}` by the one pair rule (`data.pairs.prompt_pairs`, the rule online rounds use, seeded by `seed` and
+  the row id): query level (a chosen answer must also pass the quality judge; unscored responses join no pair)
+  plus instruction level (cross-validation cases passing all kept functions, pass rate 1, vs. failing all, pass
+  rate 0, with the instruction as the prompt; checked for n-gram overlap as well).
 - `online_dpo_prompts.jsonl`: `{"id", "prompt": [user], "verifiers": [code...], "instruction_id", "query"}` for
   every decontaminated row, the format the online-DPO trainer reads.
 The stage's own artifact is the online-DPO prompt set.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from autoif_train.data.pairs import prompt_pairs
 from autoif_train.synth.artifacts import atomic_write_text, write_jsonl
 from autoif_train.synth.quality import good
 
@@ -47,40 +49,45 @@ def sft_rows(rows: list[dict], cfg) -> list[dict]:
     return out
 
 
+def pair_rate(response: dict, cfg) -> float | None:
+    """The pass rate the pair rule sees: None when unscored, or when a would-be chosen answer failed the judge."""
+    if response.get("unscored"):
+        return None
+    rate = response["pass_rate"]
+    return None if rate >= cfg.chosen_threshold and not good(response, cfg) else rate
+
+
 def query_pairs(rows: list[dict], cfg) -> list[dict]:
-    out = []
+    rule, out = cfg.pair_rule(), []
     for row in rows:
-        chosen = sorted(
-            (r for r in row["responses"] if r["pass_rate"] >= cfg.chosen_threshold and good(r, cfg)),
-            key=lambda r: (-r["pass_rate"], -(r.get("quality") or 0)),
-        )[: cfg.max_chosen]
-        rejected = [r for r in row["responses"] if r["pass_rate"] <= cfg.rejected_threshold][: cfg.max_rejected]
-        for c in chosen:
-            for r in rejected:
-                out.append({
-                    "id": row["id"], "level": "query", "prompt": _user(row["prompt"]), "chosen": _assistant(c["text"]),
-                    "rejected": _assistant(r["text"]), "chosen_pass_rate": c["pass_rate"],
-                    "rejected_pass_rate": r["pass_rate"],
-                })
+        responses = row["responses"]
+        rates = [pair_rate(r, cfg) for r in responses]
+        quality = [r.get("quality") for r in responses]
+        for c, j in prompt_pairs(row["id"], [r["text"] for r in responses], rates, rule, cfg.seed, quality=quality):
+            out.append({
+                "id": row["id"], "level": "query", "prompt": _user(row["prompt"]),
+                "chosen": _assistant(responses[c]["text"]), "rejected": _assistant(responses[j]["text"]),
+                "chosen_pass_rate": responses[c]["pass_rate"], "rejected_pass_rate": responses[j]["pass_rate"],
+            })
     return out
 
 
 def instruction_pairs(instruction_rows: list[dict], cfg, deco) -> tuple[list[dict], Counter]:
-    out, drops = [], Counter()
+    rule, out, drops = cfg.pair_rule(), [], Counter()
     for row in instruction_rows:
-        chosen = row.get("chosen_cases", [])[: cfg.max_chosen]
-        rejected = row.get("rejected_cases", [])[: cfg.max_rejected]
-        if not (chosen and rejected):
+        texts = row.get("chosen_cases", []) + row.get("rejected_cases", [])
+        rates = [1.0] * len(row.get("chosen_cases", [])) + [0.0] * len(row.get("rejected_cases", []))
+        pairs = prompt_pairs(f"instruction:{row['id']}", texts, rates, rule, cfg.seed)
+        if not pairs:
             continue
-        if deco.hit(row["instruction"], *chosen, *rejected):
+        if deco.hit(row["instruction"], *{texts[i] for pair in pairs for i in pair}):
             drops["instruction_pair_ngram_overlap"] += 1
             continue
-        for c in chosen:
-            for r in rejected:
-                out.append({
-                    "id": row["id"], "level": "instruction", "prompt": _user(row["instruction"]),
-                    "chosen": _assistant(c), "rejected": _assistant(r),
-                })
+        for c, j in pairs:
+            out.append({
+                "id": row["id"], "level": "instruction", "prompt": _user(row["instruction"]),
+                "chosen": _assistant(texts[c]), "rejected": _assistant(texts[j]),
+            })
     return out, drops
 
 

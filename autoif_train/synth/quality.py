@@ -31,7 +31,8 @@ def good(response: dict, cfg) -> bool:
 def row_survives(row: dict, cfg) -> bool:
     rates_good = [r["pass_rate"] for r in row["responses"] if good(r, cfg)]
     sft = any(p > cfg.min_pass_rate for p in rates_good)
-    dpo = bool(rates_good) and any(r["pass_rate"] <= cfg.rejected_threshold for r in row["responses"])
+    dpo = bool(rates_good) and any(r["pass_rate"] <= cfg.rejected_threshold and not r.get("unscored")
+                                   for r in row["responses"])
     return sft or (dpo and any(p >= cfg.chosen_threshold for p in rates_good))
 
 

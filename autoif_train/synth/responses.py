@@ -1,6 +1,7 @@
 """Stage 6, response rejection sampling: K responses per (query + instruction) from the supervision model, each
-scored by the instruction's verifier functions in the sandboxed `VerifierPool`; pass rate = mean over functions
-(errors and timeouts count as fails).
+scored by the instruction's verifier functions through the one scoring path (`rewards.VerifierCodeReward`, in the
+sandboxed `VerifierPool`); pass rate = mean over the functions that returned a bool. A response where none did is
+stored with pass rate 0.0 (AutoIF's code) and `"unscored": true`, so the pair rule leaves it out of pairs.
 
 A row is kept when it can feed SFT (some response with pass rate > `min_pass_rate`) or DPO (some response with
 pass rate >= `chosen_threshold` and some with pass rate <= `rejected_threshold`); all its responses are kept with
@@ -15,14 +16,15 @@ NAME = "responses"
 
 
 def usable(pass_rates: list[float], cfg) -> bool:
-    """True when the pass rates allow an SFT example or a DPO pair."""
-    if any(p > cfg.min_pass_rate for p in pass_rates):
+    """True when the pass rates (None = unscored) allow an SFT example or a DPO pair."""
+    rates = [p for p in pass_rates if p is not None]
+    if any(p > cfg.min_pass_rate for p in rates):
         return True
-    return any(p >= cfg.chosen_threshold for p in pass_rates) and any(p <= cfg.rejected_threshold for p in pass_rates)
+    return any(p >= cfg.chosen_threshold for p in rates) and any(p <= cfg.rejected_threshold for p in rates)
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.sandbox import pass_rate
+    from autoif_train.rewards import VerifierCodeReward
     from autoif_train.synth.pipeline import StageResult
 
     cfg = ctx.config
@@ -31,19 +33,20 @@ def process(ctx, rows: list[dict], chunk_index: int):
         ctx.gen_config(NAME, chunk_index, n=cfg.responses_per_query, temperature=cfg.response_temperature,
                        max_new_tokens=cfg.response_max_tokens),
     )
-    calls = [(code, text) for row, texts in zip(rows, samples) for text in texts for code in row["functions"]]
-    verdicts = ctx.pool.run(calls) if calls else []
+    flat_rows = [row["functions"] for row, texts in zip(rows, samples) for _ in texts]
+    scores = VerifierCodeReward(ctx.pool).score(flat_rows, [text for texts in samples for text in texts])
     out, drops, details, pos = [], Counter(), Counter(), 0
     for row, texts in zip(rows, samples):
         scored = []
         for text in texts:
-            n = len(row["functions"])
-            results = verdicts[pos : pos + n]
-            pos += n
-            scored.append({"text": text, "pass_rate": round(pass_rate(results), 4)})
+            rate = scores.pass_rates[pos]
+            pos += 1
+            scored.append({"text": text, "pass_rate": round(rate or 0.0, 4), **({"unscored": True} if rate is None
+                                                                                 else {})})
         details["responses"] += len(scored)
+        details["responses_unscored"] += sum("unscored" in s for s in scored)
         details["responses_passing"] += sum(s["pass_rate"] > cfg.min_pass_rate for s in scored)
-        if usable([s["pass_rate"] for s in scored], cfg):
+        if usable([None if s.get("unscored") else s["pass_rate"] for s in scored], cfg):
             out.append({**row, "responses": scored})
         else:
             drops["no_usable_response"] += 1

@@ -2,9 +2,9 @@
 
 A round: draw prompts in file order from where the last round stopped, in chunks of `rollout_chunk_prompts`;
 sample `num_samples` responses per prompt from the current policy (every rank an equal share,
-`training.rollouts`); score each response with its prompt's verifiers in the sandboxed `VerifierPool` (main
-process only); build pairs with the AutoIF rule (`autoif_train.data.pairs`: unscored and, by default, truncated
-samples join no pair). With `pairs_per_round: P` chunks are drawn until P pairs exist and the round trains on the
+`training.rollouts`); score each response with the recipe's rewards (`autoif_train.rewards`: its prompt's verifiers
+in the sandboxed `VerifierPool`, every rank an equal share); build pairs with the AutoIF rule
+(`autoif_train.data.pairs`: unscored and, by default, truncated samples join no pair). With `pairs_per_round: P` chunks are drawn until P pairs exist and the round trains on the
 first P; otherwise a round is `prompts_per_round` prompts. The plan (prompts used, pairs, start step, steps) is
 written before training, then DPO steps run with DPOTrainer's own loss and frozen reference model on the sampled
 token ids (prompt ids + completion ids ending with the sampled end-of-turn id), never re-encoded text.
@@ -35,7 +35,6 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import SaveStrategy
 from trl import DPOTrainer
 
-from autoif_train.data.pairs import PairRule
 from autoif_train.data.rows import PromptRow
 from autoif_train.generation.policy import build_policy_sampler
 from autoif_train.training.rollouts import RolloutMixin
@@ -120,8 +119,7 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
         )
         world = self.accelerator.num_processes
         self.per_step = world * args.per_device_train_batch_size * args.gradient_accumulation_steps
-        self.rule = PairRule(args.chosen_threshold, args.rejected_threshold, args.max_chosen, args.max_rejected,
-                             truncated=args.truncated_samples)
+        self.rule = args.pair_rule()
         self.round_budget = round_steps(args.pairs_per_round, args.epochs_per_round, self.per_step) \
             if args.pairs_per_round else None
         scope = resolve_scope(args.lr_schedule_scope, str(getattr(args.lr_scheduler_type, "value",
@@ -141,6 +139,7 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
         self.start_round = 0
         self._current: dict | None = None
         self._pool = None
+        self._rewards = None
         self._prompt_ids: dict[str, list[int]] = {}
         # A fresh run samples round 0 from the weights the sampler loaded (a vLLM server or colocated engine started
         # from the same checkpoint needs no push); run_online_dpo sets this when it resumes from a checkpoint.
@@ -234,9 +233,12 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
                 bar.total = total
                 bar.refresh()
     def close(self) -> None:
-        """Stop the verifier pool (main process only holds one) and the sampler's engine, if it has one."""
+        """Stop the rewards, this rank's verifier pool and the sampler's engine, if it has one."""
+        if self._rewards is not None:
+            self._rewards.close()
+            self._rewards = None
         if self._pool is not None:
-            self._pool.__exit__(None, None, None)
+            self._pool.close()
             self._pool = None
         if hasattr(self.sampler, "close"):
             self.sampler.close()

@@ -1,5 +1,7 @@
 """One online-DPO rollout: every rank samples an equal share of a round's prompts, the main process gets one
-record per sample, scores it in the sandboxed verifier pool, and sums up the round.
+record per sample, every rank scores an equal share of the samples with the recipe's rewards (`autoif_train.rewards`,
+verifier code in each rank's sandboxed pool; `reward_scoring: main` scores on the main process only), and the main
+process sums up the round.
 
 Equal shares: rank r samples prompts [r * per, (r + 1) * per) with per = ceil(n / world); the last shares are
 padded with copies of the last prompt and the padding is dropped after the gather. Every rank therefore passes
@@ -7,8 +9,8 @@ the same number of prompts, which TRL's vLLM server mode and tensor-parallel col
 (`rank * len(prompts)`) assume, and every record carries its prompt index, checked after the gather.
 
 A sample record: `prompt_index`, `prompt_id`, `sample_index`, `text`, `completion_ids`, `finish_reason`
-("stop" / "length") and `num_tokens`. A score record adds `results` (one per verifier: True / False / None) and
-`pass_rate` (None when every verifier returned None: the sample is unscored and joins no pair).
+("stop" / "length") and `num_tokens`. A score record adds `results` (one per check: True / False / None) and
+`pass_rate` (None when no check returned a bool: the sample is unscored and joins no pair).
 
 `RolloutMixin` is the trainer's half that produces a round: chunks of prompts sampled (seeded per round, chunk and
 rank on a forked RNG, so a resumed round samples what the uninterrupted run did), scored, written durably, then
@@ -68,20 +70,11 @@ def sample_prompts(accelerator, sampler, prompt_ids: list[list[int]], row_ids: l
     return gathered
 
 
-def score_samples(pool, verifiers, samples: list[dict], progress: bool = True) -> list[dict]:
-    """Main process: run each sample's prompt verifiers (`verifiers[prompt_index]`, a list or a mapping) on its text
-    in `pool`; one score record per sample."""
-    calls = [(code, s["text"]) for s in samples for code in verifiers[s["prompt_index"]]]
-    flat = pool.run(calls, progress=progress)
-    scores, k = [], 0
-    for s in samples:
-        m = len(verifiers[s["prompt_index"]])
-        results = list(flat[k : k + m])
-        k += m
-        bools = [r for r in results if r is not None]
-        scores.append({"prompt_index": s["prompt_index"], "prompt_id": s["prompt_id"], "sample_index": s["sample_index"],
-                       "results": results, "pass_rate": sum(bools) / len(bools) if bools else None})
-    return scores
+def score_records(scores, samples: list[dict]) -> list[dict]:
+    """One score record per sample record, from the `Scores` of their texts (in the same order)."""
+    return [{"prompt_index": s["prompt_index"], "prompt_id": s["prompt_id"], "sample_index": s["sample_index"],
+             "results": results, "pass_rate": rate}
+            for s, results, rate in zip(samples, scores.results, scores.pass_rates, strict=True)]
 
 
 def rollout_metrics(samples: list[dict], scores: list[dict]) -> dict:
@@ -136,11 +129,12 @@ class RolloutMixin:
                 chunk_samples = self._sample_all(rows, k, offset=start - first_prompt, salt=r + 1)
                 if acc.is_main_process:
                     self.store.save_chunk(r, chunk, "samples", chunk_samples, time.time() - t0)
-            if acc.is_main_process:
-                if chunk_scores is None:
-                    t0 = time.time()
-                    chunk_scores = self._score(rows, chunk_samples, offset=start - first_prompt)
+            if chunk_scores is None:  # every rank scores an equal share of the chunk's samples
+                t0 = time.time()
+                chunk_scores = self._score(rows, chunk_samples, offset=start - first_prompt)
+                if acc.is_main_process:
                     self.store.save_chunk(r, chunk, "scores", chunk_scores, time.time() - t0)
+            if acc.is_main_process:
                 for kind in timing:
                     timing[kind] += self.store.chunk_seconds(r, chunk, kind)
                 samples += chunk_samples
@@ -187,14 +181,25 @@ class RolloutMixin:
         return pairs, plan
 
     def _verifier_pool(self):
+        """This rank's sandbox pool, sized to its share of the host's cores (`rewards.spread.host_pool_settings`)."""
         if self._pool is None:
+            from autoif_train.rewards.spread import host_pool_settings
             from autoif_train.sandbox import VerifierPool
 
             args = self.args
-            self._pool = VerifierPool(workers=args.verifier_workers, timeout=args.verifier_timeout,
-                                      isolation=args.isolation)
-            self._pool.__enter__()
+            workers, timeout = host_pool_settings(args.verifier_workers, args.verifier_timeout)
+            self._pool = VerifierPool(workers=workers, timeout=timeout, isolation=args.isolation)
         return self._pool
+
+    def _reward(self):
+        """The recipe's rewards (`rewards`, `reward_weights`); verifier code runs in this rank's pool."""
+        if self._rewards is None:
+            from autoif_train.rewards import build_reward
+
+            names = self.args.rewards
+            pool = self._verifier_pool() if "verifier_code" in names else None
+            self._rewards = build_reward(names, self.args.reward_weights, pool=pool)
+        return self._rewards
 
     def _trainable(self, pairs: list[dict]) -> list[dict]:
         """Pairs whose prompt leaves room for a completion under `max_length` (TRL drops the others too)."""
@@ -228,18 +233,26 @@ class RolloutMixin:
     def _rng_devices(self) -> list:
         return [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
 
-    def _score(self, rows: list[PromptRow], samples: list[dict], progress: bool = True, offset: int = 0) -> list[dict]:
-        """Main process only: each sample's verifier results and pass rate (None when unscored)."""
-        verifiers = {offset + i: row.verifiers for i, row in enumerate(rows)}
-        return score_samples(self._verifier_pool(), verifiers, samples, progress=progress)
+    def _score(self, rows: list[PromptRow], samples: list[dict] | None, offset: int = 0) -> list[dict] | None:
+        """Collective: each sample's check results and pass rate (None when unscored), every rank scoring an equal
+        share (`rewards.spread`). `samples` is read on the main process only; it gets the score records."""
+        from autoif_train.rewards.spread import score_spread
+
+        acc = self.accelerator
+        keys = [(s["prompt_index"], s["text"]) for s in samples] if acc.is_main_process else None
+        keys = broadcast_object_list([keys])[0]
+        by_index = {offset + i: row for i, row in enumerate(rows)}
+        scores = score_spread(self._reward(), [by_index[p] for p, _ in keys], [text for _, text in keys], acc,
+                              mode=self.args.reward_scoring)
+        return score_records(scores, samples) if acc.is_main_process else None
 
     def _heldout_pass_rate(self, r: int) -> float:
         """Mean verifier pass rate of one sample per held-out prompt (seeded, RNG forked: training is unchanged).
         An unscored held-out sample counts as 0."""
         samples = self._sample_all(self.eval_prompts, 1, salt=-(r + 1))
         rate = None
+        scores = self._score(self.eval_prompts, samples)
         if self.accelerator.is_main_process:
-            scores = self._score(self.eval_prompts, samples, progress=False)
             rows = [{"prompt_id": s["prompt_id"], "response": s["text"], "finish_reason": s["finish_reason"],
                      "pass_rate": sc["pass_rate"]} for s, sc in zip(samples, scores, strict=True)]
             self.store.save_heldout(r, rows)

@@ -1,0 +1,225 @@
+"""The one scoring interface: `reward.score(rows, responses) -> Scores`, and the registry recipes name.
+
+`rows[i]` is the prompt row `responses[i]` answers (repeat a row for K samples of one prompt): a `PromptRow`, a
+mapping, or (verifier_code only) a list of verifier sources. A reward reads the fields it needs (`verifier_code`:
+`verifiers`; `ifeval_checkers`: `instruction_id_list` + `kwargs`) and returns, per response, the result of every
+check (True / False / None) and a pass rate in [0, 1], or None when no check produced a result (the response is
+unscored: it joins no pair and gets no GRPO reward). `Scores.rates(unscored=0.0)` gives AutoIF's code semantics
+(all errors -> 0.0) where a number is needed.
+
+Several rewards (`rewards: [verifier_code, ifeval_checkers]`, `reward_weights: [1, 1]`) combine into one pass rate:
+the weighted mean over the rewards that scored the response; a row carrying no field a reward reads is skipped by
+that reward (its share is None), and a row that no configured reward can score is an error (`check_rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SCORING_MODES = ("ranks", "main")
+
+Result = bool | None
+
+
+class RewardError(ValueError):
+    """A prompt row cannot be scored by the configured rewards, or a reward is misconfigured (names file, row,
+    field)."""
+
+
+@dataclass
+class Scores:
+    """Per response: each check's result (`results`) and the pass rate (`pass_rates`, None = unscored)."""
+
+    results: list[list[Result]] = field(default_factory=list)
+    pass_rates: list[float | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.pass_rates)
+
+    @property
+    def unscored(self) -> list[bool]:
+        return [rate is None for rate in self.pass_rates]
+
+    def rates(self, unscored: float | None = None) -> list[float | None]:
+        """Pass rates with unscored responses as `unscored` (None keeps them None; 0.0 is AutoIF's code)."""
+        return [unscored if rate is None else rate for rate in self.pass_rates]
+
+    def records(self) -> list[dict]:
+        return [{"results": r, "pass_rate": p} for r, p in zip(self.results, self.pass_rates, strict=True)]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Scores]) -> Scores:
+        out = cls()
+        for part in parts:
+            out.results += part.results
+            out.pass_rates += part.pass_rates
+        return out
+
+
+def pass_rate(results: Sequence[Result]) -> float | None:
+    """Mean over the bools in `results`; None when there is none (the response is unscored)."""
+    bools = [r for r in results if r is not None]
+    return sum(bools) / len(bools) if bools else None
+
+
+def row_field(row: Any, name: str, default: Any = None) -> Any:
+    """A prompt row's field: an attribute (a `PromptRow`, with its `extra` fields) or a mapping key."""
+    if isinstance(row, dict):
+        return row.get(name, default)
+    if hasattr(row, name):
+        return getattr(row, name)
+    extra = getattr(row, "extra", None)
+    return extra.get(name, default) if isinstance(extra, dict) else default
+
+
+class Reward:
+    """One reward. Subclasses set `name`, implement `applies(row)` and `score(rows, responses)`, and may implement
+    `check(row) -> problem or None` (run on every row before training) and `close()`."""
+
+    name = ""
+
+    def applies(self, row: Any) -> bool:
+        raise NotImplementedError
+
+    def check(self, row: Any) -> str | None:
+        return None
+
+    def score(self, rows: Sequence[Any], responses: Sequence[str]) -> Scores:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class CombinedReward(Reward):
+    """Several rewards, one weighted pass rate (see the module docstring); `results` are concatenated in order."""
+
+    def __init__(self, rewards: Sequence[Reward], weights: Sequence[float] | None = None):
+        if not rewards:
+            raise RewardError("rewards: name at least one reward")
+        weights = list(weights) if weights is not None else [1.0] * len(rewards)
+        if len(weights) != len(rewards) or any(w < 0 for w in weights) or not any(weights):
+            raise RewardError(f"reward_weights: need {len(rewards)} non-negative weights, not all 0, got {weights}")
+        self.rewards, self.weights = list(rewards), weights
+        self.name = "+".join(r.name for r in rewards)
+
+    def applies(self, row: Any) -> bool:
+        return any(r.applies(row) for r in self.rewards)
+
+    def check(self, row: Any) -> str | None:
+        fitting = [r for r in self.rewards if r.applies(row)]
+        if not fitting:
+            return f"no field the configured rewards ({', '.join(r.name for r in self.rewards)}) score: " + "; ".join(
+                REWARD_FIELDS[r.name] for r in self.rewards if r.name in REWARD_FIELDS)
+        for r in fitting:
+            problem = r.check(row)
+            if problem:
+                return problem
+        return None
+
+    def score(self, rows: Sequence[Any], responses: Sequence[str]) -> Scores:
+        if len(rows) != len(responses):
+            raise ValueError(f"{len(responses)} responses for {len(rows)} rows")
+        parts = []
+        for reward in self.rewards:
+            idx = [i for i, row in enumerate(rows) if reward.applies(row)]
+            part = reward.score([rows[i] for i in idx], [responses[i] for i in idx]) if idx else Scores()
+            full = Scores([[] for _ in rows], [None] * len(rows))
+            for j, i in enumerate(idx):
+                full.results[i], full.pass_rates[i] = part.results[j], part.pass_rates[j]
+            parts.append(full)
+        if len(parts) == 1:
+            return parts[0]
+        out = Scores()
+        for i in range(len(rows)):
+            out.results.append([x for part in parts for x in part.results[i]])
+            num = sum(w * p.pass_rates[i] for w, p in zip(self.weights, parts) if p.pass_rates[i] is not None)
+            den = sum(w for w, p in zip(self.weights, parts) if p.pass_rates[i] is not None)
+            out.pass_rates.append(num / den if den else None)
+        return out
+
+    def close(self) -> None:
+        for r in self.rewards:
+            r.close()
+
+
+REWARD_FIELDS = {
+    "verifier_code": "'verifiers' (verifier code or bundle ids)",
+    "ifeval_checkers": "'instruction_id_list' + 'kwargs' (IFEval / IFBench constraint ids)",
+    "llm_judge": "'prompt' (any row)",
+}
+REWARDS = tuple(REWARD_FIELDS)  # the names recipes may give in `rewards:`
+
+
+def build_reward(names: Sequence[str] = ("verifier_code",), weights: Sequence[float] | None = None, *,
+                 pool=None, **options) -> CombinedReward:
+    """The rewards a recipe names, combined. `pool` is a `VerifierPool` for verifier_code (else one is built from
+    `options`: workers, timeout, isolation); llm_judge needs `options["judge"]` (a generator)."""
+    rewards: list[Reward] = []
+    for name in names:
+        if name == "verifier_code":
+            from autoif_train.rewards.verifier_code import VerifierCodeReward
+
+            rewards.append(VerifierCodeReward(pool=pool, workers=options.get("workers", 2),
+                                              timeout=options.get("timeout", 1.0),
+                                              isolation=options.get("isolation", "seccomp")))
+        elif name == "ifeval_checkers":
+            from autoif_train.rewards.ifeval_checkers import IFEvalCheckersReward
+
+            rewards.append(IFEvalCheckersReward())
+        elif name == "llm_judge":
+            from autoif_train.rewards.llm_judge import LLMJudgeReward
+
+            if options.get("judge") is None:
+                raise RewardError("rewards: llm_judge needs a judge generator (judge_model)")
+            rewards.append(LLMJudgeReward(options["judge"], threshold=options.get("judge_threshold", 8.0)))
+        else:
+            raise RewardError(f"rewards: unknown reward {name!r}; known: {', '.join(REWARDS)}")
+    return CombinedReward(rewards, weights)
+
+
+def check_rows(reward: Reward, rows: Sequence[Any], where: str) -> None:
+    """Raise `RewardError` naming `where`, the row (1-based) and the field of the first row `reward` cannot score."""
+    for n, row in enumerate(rows, start=1):
+        problem = reward.check(row)
+        if problem:
+            rid = row_field(row, "id")
+            raise RewardError(f"{where} row {n}" + (f" (id {rid!r})" if rid else "") + f": {problem}")
+
+
+@dataclass
+class RewardFields:
+    """The reward recipe keys shared by the online-DPO and GRPO configs."""
+
+    rewards: list[str] = field(
+        default_factory=lambda: ["verifier_code"],
+        metadata={"help": f"Rewards scoring each sample, from {', '.join(REWARDS)} (default verifier_code)."})
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward (default: equal); pass rate = weighted mean."})
+    reward_scoring: str = field(
+        default="ranks", metadata={"help": "ranks (every rank scores an equal share in its own pool) | main."})
+    verifier_workers: int = field(
+        default=0, metadata={"help": "Sandboxed verifier workers per rank; 0 = the host's cores shared by its ranks."})
+    verifier_timeout: float = field(
+        default=1.0, metadata={"help": "Seconds per verifier call (stretched when the host is oversubscribed)."})
+    isolation: str = field(default="seccomp", metadata={"help": "seccomp | bwrap | none (unsafe)."})
+
+    def check_reward_fields(self) -> None:
+        """Raise `RewardError` for an unknown reward name, mismatched weights or scoring mode."""
+        if isinstance(self.rewards, str):
+            self.rewards = [self.rewards]
+        unknown = [n for n in self.rewards if n not in REWARDS]
+        if not self.rewards or unknown:
+            raise RewardError(f"rewards: unknown reward(s) {unknown}; known: {', '.join(REWARDS)}")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise RewardError(f"reward_weights: {len(self.reward_weights)} weights for {len(self.rewards)} rewards")
+        if self.reward_scoring not in SCORING_MODES:
+            raise RewardError(f"reward_scoring must be one of {SCORING_MODES}, got {self.reward_scoring!r}")
