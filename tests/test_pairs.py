@@ -92,3 +92,22 @@ def test_bad_rule_and_mismatched_lengths():
         select_pairs(["a"], [1.0, 0.0])
     with pytest.raises(ValueError, match="truncated_samples"):
         PairRule(truncated="drop")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_online_rounds_and_synth_export_make_the_same_pairs(seed):
+    """The same scored responses through online DPO's round pairs and `autoif synth`'s offline DPO export: one rule,
+    the same pairs (identical texts once, a seeded subset when more qualify than the caps, unscored left out)."""
+    from autoif_train.synth import export
+    from autoif_train.synth.config import SynthConfig
+
+    scored = [("A", 1.0), ("A", 1.0), ("B", 0.5), ("C", 0.75), ("D", 0.0), ("E", 0.0), ("F", 0.0), ("G", 0.25),
+              ("H", None), ("D", 0.0)]
+    samples = _records([("q1", [(t, "stop") for t, _ in scored])])
+    online, _ = build_round_pairs(samples, [r for _, r in scored], PairRule(), seed=seed)
+    row = {"id": "q1", "prompt": "P", "responses": [
+        {"text": t, "pass_rate": r or 0.0, **({"unscored": True} if r is None else {})} for t, r in scored]}
+    offline = export.query_pairs([row], SynthConfig(seed=seed, quality_filter=False))
+    assert len(online) == 4
+    assert [(p["chosen"], p["rejected"]) for p in online] == [
+        (p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in offline]
