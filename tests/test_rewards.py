@@ -207,3 +207,82 @@ def test_scoring_on_two_ranks_gives_the_scores_of_one(reference, tmp_path):
         got = json.loads((tmp_path / f"out{rank}").read_text())
         for mode in ("ranks", "main"):
             assert got[mode] == [reference.results, reference.pass_rates]
+
+
+# ---------------------------------------------------------------- ifeval_checkers
+
+LOWER_NO_COMMA = {"instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma"],
+                  "kwargs": [{}, {}]}
+
+
+@pytest.fixture(scope="module")
+def checkers():
+    from autoif_train.rewards.ifeval_checkers import IFEvalCheckersReward
+
+    return IFEvalCheckersReward()
+
+
+def test_ifeval_checkers_fraction_of_constraints_by_construction(checkers):
+    truth = {"instruction_id": LOWER_NO_COMMA["instruction_id_list"], "kwargs": [None, None]}
+    rows = [dict(LOWER_NO_COMMA, id="a", prompt="p"),
+            {"id": "b", "prompt": "p", "ground_truth": json.dumps([truth])},  # IF_multi_constraints_upto5 shape
+            {"id": "c", "prompt": "p", "ground_truth": repr(truth)}]  # a Python-literal string works too
+    for row in rows:
+        scores = checkers.score([row] * 3, ["all lower no commas", "Upper, and comma", "lower, with comma"])
+        assert scores.results == [[True, True], [False, False], [True, False]]
+        assert scores.pass_rates == [1.0, 0.0, 0.5]
+
+
+def test_ifeval_checkers_reproduce_the_evaluation(checkers, ifeval_path):
+    from autoif_train.evaluation.instruction_following import build_benchmark, read_jsonl
+
+    bench = build_benchmark("ifeval", read_jsonl(ifeval_path), str(ifeval_path),
+                            "if_verifiable.ifeval.instructions_registry", limit=40)
+    canned = ["hello world", "HELLO WORLD. THIS IS ALL CAPS", "*highlighted section* and *another one* here",
+              '{"answer": "json"}', "Title <<poem of joy>>\n\nP.S. bye", "word " * 400, ""]
+    responses = [canned[i % len(canned)] for i in range(len(bench.rows))]
+    _, records = bench.score(responses)
+    rows = [{"id": r["key"], "prompt": r["prompt"], "instruction_id_list": r["instruction_id_list"],
+             "kwargs": r["kwargs"]} for r in bench.rows]
+    scores = checkers.score(rows, responses)
+    assert scores.results == [rec["strict"] for rec in records]
+    assert scores.pass_rates == [sum(rec["strict"]) / len(rec["strict"]) for rec in records]
+    assert 0 < sum(scores.pass_rates) < len(rows)  # the canned responses pass some constraints, not all
+
+
+def test_prompt_rows_with_constraints_and_errors_name_file_row_and_field(tmp_path, pool):
+    from autoif_train.data.rows import DataError, load_prompt_rows
+
+    path = tmp_path / "p.jsonl"
+    good = [dict(LOWER_NO_COMMA, id="a", prompt="Say hi."), {"id": "b", "prompt": "x", "verifiers": [LOWER]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in good))
+    rows = load_prompt_rows(str(path))
+    both = build_reward(["verifier_code", "ifeval_checkers"], pool=pool)
+    check_rows(both, rows, str(path))
+    assert both.score(rows, ["hi there", "Hi"]).pass_rates == [1.0, 0.0]
+    with pytest.raises(RewardError, match=r"p.jsonl row 1 \(id 'a'\): no field .*ifeval_checkers"):
+        check_rows(build_reward(["verifier_code"], pool=pool), rows, str(path))
+    bad = dict(LOWER_NO_COMMA, id="c", prompt="x", instruction_id_list=["change_case:english_lowercase", "nope:x"])
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*good, bad]))
+    with pytest.raises(RewardError, match=r"row 3 \(id 'c'\): field 'instruction_id_list': unknown constraint.*nope"):
+        check_rows(both, load_prompt_rows(str(path)), str(path))
+    path.write_text(json.dumps({"id": "d", "prompt": "x"}) + "\n")
+    with pytest.raises(DataError, match="row 1: missing field 'verifiers'.*instruction_id_list"):
+        load_prompt_rows(str(path))
+
+
+def test_train_refuses_an_unscorable_row_before_loading_a_model(tmp_path, capsys):
+    from autoif_train.train import cli
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(dict(LOWER_NO_COMMA, id="a", prompt="x")) + "\n")
+    args = ["--config", str(ROOT / "recipes" / "tiny" / "online_dpo.yaml"), "--dataset_path", str(path),
+            "--model_name_or_path", str(tmp_path / "no-model"), "--output_dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as info:
+        cli(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{path} row 1 (id 'a'): no field" in err and "ifeval_checkers" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        cli([*args, "--rewards", "verifier_code", "nope"])
+    assert "unknown reward" in capsys.readouterr().err

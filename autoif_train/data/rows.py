@@ -142,10 +142,11 @@ def default_bundle_path(dataset_path: str) -> str | None:
 
 
 def load_prompt_rows(path: str, bundle_path: str | None = None, split: str = "train") -> list[PromptRow]:
-    """Online-DPO prompt rows (`id`, `prompt` or `messages`, `verifiers`), with verifier ids resolved to code.
+    """Online-DPO / GRPO prompt rows (`id`, `prompt` or `messages`, `verifiers` and/or IFEval-style
+    `instruction_id_list` + `kwargs` / `ground_truth`, kept in `extra`), with verifier ids resolved to code.
 
     A verifier entry is either Python source defining `evaluate(response)` or an id into `bundle_path`
-    (default: `functions.jsonl` beside `path`). Raises `DataError` naming the file and row on the first problem.
+    (default: `functions.jsonl` beside `path`). Constraint ids are checked by the rewards (`rewards.check_rows`). Raises `DataError` naming the file and row on the first problem.
     """
     from autoif_train.rewards import is_verifier_code
 
@@ -169,8 +170,11 @@ def load_prompt_rows(path: str, bundle_path: str | None = None, split: str = "tr
         else:
             raise DataError(f"{where}: missing field 'prompt' (a string or messages) or 'messages'")
         verifiers = row.get("verifiers")
-        if not isinstance(verifiers, list) or not verifiers:
-            raise DataError(f"{where}: missing field 'verifiers' (a non-empty list of code strings or bundle ids)")
+        if verifiers is None and ("instruction_id_list" in row or "ground_truth" in row):
+            verifiers = []  # IFEval-style constraint ids, checked by the ifeval_checkers reward
+        elif not isinstance(verifiers, list) or not verifiers:
+            raise DataError(f"{where}: missing field 'verifiers' (a non-empty list of code strings or bundle ids) or "
+                            "'instruction_id_list' + 'kwargs' (IFEval / IFBench constraint ids)")
         codes = []
         for v in verifiers:
             if not isinstance(v, str):

@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoif_train.data.rows import DataError
+
 SCORING_MODES = ("ranks", "main")
 
 Result = bool | None
 
 
-class RewardError(ValueError):
+class RewardError(DataError):
     """A prompt row cannot be scored by the configured rewards, or a reward is misconfigured (names file, row,
     field)."""
 
@@ -117,8 +119,10 @@ class CombinedReward(Reward):
     def check(self, row: Any) -> str | None:
         fitting = [r for r in self.rewards if r.applies(row)]
         if not fitting:
-            return f"no field the configured rewards ({', '.join(r.name for r in self.rewards)}) score: " + "; ".join(
-                REWARD_FIELDS[r.name] for r in self.rewards if r.name in REWARD_FIELDS)
+            return (f"no field the configured rewards ({', '.join(r.name for r in self.rewards)}) score: needs "
+                    + " or ".join(REWARD_FIELDS[r.name] for r in self.rewards if r.name in REWARD_FIELDS)
+                    + "; other rewards: " + ", ".join(f"{n} ({f})" for n, f in REWARD_FIELDS.items()
+                                                      if n not in {r.name for r in self.rewards}))
         for r in fitting:
             problem = r.check(row)
             if problem:
@@ -223,3 +227,11 @@ class RewardFields:
             raise RewardError(f"reward_weights: {len(self.reward_weights)} weights for {len(self.rewards)} rewards")
         if self.reward_scoring not in SCORING_MODES:
             raise RewardError(f"reward_scoring must be one of {SCORING_MODES}, got {self.reward_scoring!r}")
+
+
+def check_prompt_rewards(args, prompts, path: str, eval_prompts=None, eval_path: str | None = None) -> None:
+    """Before any model loads: every training (and held-out) prompt row can be scored by `args.rewards`."""
+    reward = build_reward(args.rewards, args.reward_weights)  # builds no pool: checks only read the rows
+    check_rows(reward, prompts, path)
+    if eval_prompts:
+        check_rows(reward, eval_prompts, str(eval_path))

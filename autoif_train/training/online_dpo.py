@@ -334,6 +334,7 @@ def run_online_dpo(script_args, training_args, model_args, model_init_kwargs: di
     from trl import get_peft_config
 
     from autoif_train.data.rows import load_prompt_rows
+    from autoif_train.rewards.base import check_prompt_rewards
 
     # ----- Load prompts and verifiers (all validation happens here, before any model is loaded)
     prompts = load_prompt_rows(script_args.dataset_path, script_args.verifier_bundle, script_args.dataset_split)
@@ -342,6 +343,7 @@ def run_online_dpo(script_args, training_args, model_args, model_init_kwargs: di
     eval_prompts = None
     if script_args.eval_dataset_path:
         eval_prompts = load_prompt_rows(script_args.eval_dataset_path, script_args.verifier_bundle)
+    check_prompt_rewards(training_args, prompts, script_args.dataset_path, eval_prompts, script_args.eval_dataset_path)
     if training_args.eval_every_round and not eval_prompts:
         raise ValueError("eval_every_round needs eval_dataset_path: held-out prompt rows with verifiers")
 
