@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
-from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+from trl import DPOConfig, GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
 from autoif_train.data.pairs import PairRuleFields
 from autoif_train.rewards.base import RewardError, RewardFields
 
-STAGES = ("sft", "dpo", "online_dpo")
+STAGES = ("sft", "dpo", "online_dpo", "grpo")
 
 
 class RecipeError(ValueError):
@@ -31,8 +31,9 @@ class ScriptArguments:
     """What to train on; shared by every stage.
 
     Parameters:
-        stage: `sft` (TRL SFTTrainer on `messages`), `dpo` (TRL DPOTrainer on `prompt/chosen/rejected`)
-            or `online_dpo` (AutoIF iterative online DPO on prompts + verifiers).
+        stage: `sft` (TRL SFTTrainer on `messages`), `dpo` (TRL DPOTrainer on `prompt/chosen/rejected`),
+            `online_dpo` (AutoIF iterative online DPO on prompts + verifiers) or `grpo` (TRL GRPOTrainer on the
+            same prompts and rewards).
         dataset_path: a local JSONL/JSON/parquet file or folder, or a hub dataset id.
         dataset_split: split to read when `dataset_path` is a hub id or a `datasets` folder.
         eval_dataset_path: optional held-out data in the same format (online DPO: prompt rows with verifiers,
@@ -175,7 +176,24 @@ class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields):
         super().__post_init__()
 
 
-STAGE_CONFIGS: dict[str, type] = {"sft": AutoIFSFTConfig, "dpo": AutoIFDPOConfig, "online_dpo": OnlineDPOConfig}
+@dataclass
+class AutoIFGRPOConfig(GRPOConfig, RewardFields):
+    """TRL `GRPOConfig` whose reward is the recipe's `rewards` (default: the prompts' verifier code, sandboxed);
+    `reward_weights` weigh those rewards (one per name), not TRL reward functions."""
+
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 training; unset = bf16 on GPU, fp32 on CPU."})
+
+    def __post_init__(self):
+        _resolve_precision(self)
+        try:
+            self.check_reward_fields()
+        except RewardError as err:
+            raise RecipeError(str(err)) from err
+        super().__post_init__()
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": AutoIFSFTConfig, "dpo": AutoIFDPOConfig, "online_dpo": OnlineDPOConfig,
+                                  "grpo": AutoIFGRPOConfig}
 
 
 def _known_fields(dataclass_types) -> list[str]:

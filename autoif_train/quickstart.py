@@ -1,11 +1,13 @@
-"""The whole AutoIF loop on CPU in one command: embedded SmolLM2-135M-Instruct, bundled verifiers, online DPO.
+"""The whole AutoIF loop on CPU in one command: embedded SmolLM2-135M-Instruct, bundled verifiers, online DPO (or
+GRPO on the same prompts and rewards).
 
 Usage:
     autoif quickstart [--out runs/quickstart] [--recipe recipes/quickstart/online_dpo.yaml] [--field value ...]
+    autoif quickstart --stage grpo --out runs/quickstart-grpo     # recipes/quickstart/grpo.yaml
     python -m autoif_train.quickstart --out runs/quickstart
 
 Steps: prepare the model (`autoif models prepare`), greedy held-out verifier pass rate on
-`verifiers/heldout_prompts.jsonl` (verifiers run in the sandboxed pool), the online-DPO recipe
+`verifiers/heldout_prompts.jsonl` (verifiers run in the sandboxed pool), the online-DPO (or GRPO) recipe
 (`autoif_train.train`), the same held-out evaluation on the trained policy, then `OUT/report.json`,
 `OUT/pass_rate.png` and a before/after table. Extra `--field value` flags override the recipe (e.g.
 `--num_rounds 1`). Rerunning with the same `--out` reuses the finished "before" evaluation and resumes training
@@ -25,6 +27,7 @@ from autoif_train.quickstart_report import build_report, check_report, plot_pass
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = REPO_ROOT / "recipes" / "quickstart" / "online_dpo.yaml"
+QUICKSTART_STAGES = ("online_dpo", "grpo")
 DEFAULT_HELDOUT = REPO_ROOT / "verifiers" / "heldout_prompts.jsonl"
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     from autoif_train.configs import parse_train_args
     from autoif_train.evaluation.verifier_pass_rate import load_verifier_prompts
     from autoif_train.models import resolve_model
+    from autoif_train.rewards.spread import host_pool_settings
     from autoif_train.sandbox import VerifierPool
     from autoif_train.train import main as train_main
 
@@ -77,7 +81,10 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     timings: dict[str, float] = {}
 
     # ----- Inputs first: a bad recipe or data row fails here, before any model work
-    train_dir = out_dir / "online_dpo"
+    from autoif_train.configs import read_recipe
+
+    stage = read_recipe(str(recipe)).get("stage", "online_dpo")
+    train_dir = out_dir / stage
     t0 = time.time()
     model_path = resolve_model(model)
     timings["prepare_model"] = time.time() - t0
@@ -89,18 +96,18 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     rows = load_verifier_prompts(heldout, functions, max_heldout)
     eval_args = (eval_max_new_tokens, eval_batch_size)
 
-    with VerifierPool(workers=training_args.verifier_workers, timeout=training_args.verifier_timeout,
-                      isolation=training_args.isolation) as pool:
+    workers, timeout = host_pool_settings(training_args.verifier_workers, training_args.verifier_timeout)
+    with VerifierPool(workers=workers, timeout=timeout, isolation=training_args.isolation) as pool:
         # ----- Held-out pass rate before training
         t0 = time.time()
         before = evaluate_heldout(model_path, rows, pool, *eval_args, out_dir / "heldout_before.json", "before")
         timings["eval_before"] = time.time() - t0
         logger.info("held-out pass rate before: %.3f", before[0]["pass_rate"])
 
-        # ----- Online DPO rounds (resumes after the last complete round)
+        # ----- Online DPO rounds (resumes after the last complete round) or GRPO (from its last checkpoint)
         t0 = time.time()
         result = train_main(script_args, training_args, model_args)
-        timings["online_dpo"] = time.time() - t0
+        timings[stage] = time.time() - t0
 
         # ----- Held-out pass rate after training
         t0 = time.time()
@@ -112,7 +119,7 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     settings = {
         "model": model, "model_path": model_path, "recipe": str(recipe), "overrides": overrides,
         "heldout": str(heldout), "heldout_prompts": len(rows), "eval_max_new_tokens": eval_max_new_tokens,
-        "trained_model": result.output_dir,
+        "trained_model": result.output_dir, "stage": stage,
     }
     report = build_report(before, after, result.rounds, settings, timings)
     check_report(report)
@@ -129,7 +136,9 @@ def cli(argv: list[str] | None = None) -> int:
         epilog="Unrecognised --field value flags override the recipe (OnlineDPOConfig / TRL fields).",
     )
     parser.add_argument("--out", default="runs/quickstart", help="Output folder (report.json, pass_rate.png, ...).")
-    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="Online-DPO recipe YAML.")
+    parser.add_argument("--stage", choices=QUICKSTART_STAGES, default="online_dpo",
+                        help="online_dpo (default) or grpo: picks recipes/quickstart/<stage>.yaml.")
+    parser.add_argument("--recipe", default=None, help="Recipe YAML (default: recipes/quickstart/<stage>.yaml).")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Embedded model name or a local path.")
     parser.add_argument("--heldout", default=str(DEFAULT_HELDOUT), help="Held-out online-DPO prompt rows.")
     parser.add_argument("--functions", default=None, help="Verifier bundle for ids (default: beside --heldout).")
@@ -147,7 +156,8 @@ def cli(argv: list[str] | None = None) -> int:
     from autoif_train.models import ModelPrepError
 
     try:
-        main(args.out, args.recipe, args.model, args.heldout, args.functions, args.max_heldout,
+        recipe = args.recipe or str(REPO_ROOT / "recipes" / "quickstart" / f"{args.stage}.yaml")
+        main(args.out, recipe, args.model, args.heldout, args.functions, args.max_heldout,
              args.eval_max_new_tokens, args.eval_batch_size, overrides)
     except (RecipeError, DataError, ModelPrepError) as err:
         print(f"autoif quickstart: error: {err}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Train one recipe: SFT, offline DPO or AutoIF iterative online DPO (the recipe's `stage:` picks which).
+"""Train one recipe: SFT, offline DPO, AutoIF iterative online DPO or GRPO (the recipe's `stage:` picks which).
 
 Usage:
     python -m autoif_train.train --config recipes/tiny/sft.yaml [--field value ...]
@@ -8,7 +8,8 @@ Usage:
 
 SFT is TRL's SFTTrainer on conversational `messages` (loss on assistant tokens only); offline DPO is TRL's
 DPOTrainer on `prompt / chosen / rejected`; online DPO is `autoif_train.training.online_dpo` (DPOTrainer's loss and frozen
-reference model, data from the policy's own verified samples). SFT and DPO resume from the last `checkpoint-*` in
+reference model, data from the policy's own verified samples); GRPO is `autoif_train.training.grpo` (TRL's
+GRPOTrainer, rewarded by the same rewards, `autoif_train.rewards`). SFT, DPO and GRPO resume from the last `checkpoint-*` in
 `output_dir`; online DPO resumes after its last complete round. LoRA via `use_peft: true`.
 """
 
@@ -125,6 +126,11 @@ def main(script_args, training_args, model_args) -> TrainResult:
 
         result = run_online_dpo(script_args, training_args, model_args, model_init_kwargs(model_args))
         return TrainResult("online_dpo", result.output_dir, rounds=result.rounds)
+    if script_args.stage == "grpo":
+        from autoif_train.training.grpo import run_grpo
+
+        result = run_grpo(script_args, training_args, model_args, model_init_kwargs(model_args))
+        return TrainResult("grpo", result.output_dir, metrics=result.metrics)
     return train_offline(script_args, training_args, model_args)
 
 

@@ -109,3 +109,26 @@ def test_smoke_run_writes_a_well_formed_report_and_resumes(tiny_model_dir, tmp_p
     assert quickstart.cli(args) == 0
     assert (out / "online_dpo" / "rounds.jsonl").stat().st_mtime_ns == stamp
     assert json.loads((out / "report.json").read_text())["held_out"] == report["held_out"]
+
+
+@pytest.mark.slow
+def test_grpo_variant_writes_the_same_report(tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    out = tmp_path / "qs-grpo"
+    args = ["--stage", "grpo", "--out", str(out), "--model", str(tiny_model_dir),
+            "--heldout", str(DATA / "online_prompts.jsonl"), "--max-heldout", "4", "--eval-max-new-tokens", "8",
+            "--eval-batch-size", "2", "--dataset_path", str(DATA / "online_prompts.jsonl"),
+            "--verifier_bundle", str(DATA / "functions.jsonl"), "--max_completion_length", "8", "--max_steps", "2",
+            "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3",
+            "--verifier_workers", "1"]
+    assert quickstart.cli(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    check_report(report)
+    assert report["settings"]["stage"] == "grpo" and report["rounds"] == []
+    assert "grpo" in report["timings_seconds"]
+    after = json.loads((out / "heldout_after.json").read_text())
+    assert after["meta"]["model"] == str(out / "grpo")
+    old, new = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "grpo" / "model.safetensors")
+    assert any(not torch.equal(old[k], new[k]) for k in old), "GRPO did not change the weights"

@@ -90,7 +90,7 @@ def test_every_consumer_gives_the_same_scores(reference, pool, tmp_path):
     trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True, num_processes=1, process_index=0),
                               args=SimpleNamespace(rewards=["verifier_code"], reward_weights=None,
                                                    reward_scoring="ranks", verifier_workers=2, verifier_timeout=2.0,
-                                                   isolation="seccomp"),
+                                                   isolation="seccomp", reward_options=dict),
                               _rewards=None, _pool=pool)
     for name in ("_reward", "_verifier_pool"):
         setattr(trainer, name, getattr(RolloutMixin, name).__get__(trainer))
@@ -286,3 +286,25 @@ def test_train_refuses_an_unscorable_row_before_loading_a_model(tmp_path, capsys
     with pytest.raises(SystemExit):
         cli([*args, "--rewards", "verifier_code", "nope"])
     assert "unknown reward" in capsys.readouterr().err
+
+
+def test_llm_judge_reward_parses_scores_and_leaves_unparseable_unscored():
+    """A scripted judge (parsing only): the synthesis quality prompt, score / 10, unparseable -> unscored."""
+    from autoif_train.rewards.llm_judge import LLMJudgeReward
+
+    class Judge:
+        prompts: list = []
+
+        def generate(self, prompts, config):
+            self.prompts += prompts
+            return [["Score: 9\nfine"], ["Score: 3\nno"], ["I cannot say"]]
+
+    judge = Judge()
+    rows = [{"query": "Name a fruit.", "instruction": "Use one word."}, {"prompt": "Say hi."},
+            {"messages": [{"role": "user", "content": "x"}]}]
+    scores = LLMJudgeReward(judge).score(rows, ["Apple", "Hello there", "?"])
+    assert scores.pass_rates == [0.9, 0.3, None] and scores.results == [[True], [False], [None]]
+    assert "Request: Name a fruit." in judge.prompts[0] and "Constraint: Use one word." in judge.prompts[0]
+    assert "Request: Say hi." in judge.prompts[1]
+    with pytest.raises(RewardError, match="judge_model"):
+        build_reward(["llm_judge"])

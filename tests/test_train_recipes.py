@@ -36,6 +36,11 @@ def test_paper_recipes_header_and_settings(path, tmp_path):
             7e-6, "linear", 20, 3)
         assert raw["weight_decay"] == 0.1 and raw["max_length"] == 8192
         assert batch == (512 if gpus == 64 else 128)
+    elif raw["stage"] == "grpo":  # open-instruct's IF-RLVR settings (valpy_if_grpo_fast.sh) as the starting point
+        assert (raw["learning_rate"], raw["lr_scheduler_type"], raw["beta"], raw["temperature"]) == (
+            5e-7, "constant", 0.01, 1.0)
+        assert raw["num_generations"] == 16 and raw["max_completion_length"] == 2048
+        assert batch == 48 * 16  # 48 prompts x 16 completions per optimizer step
     else:
         assert (raw["learning_rate"], raw["lr_scheduler_type"], raw["warmup_steps"], raw["beta"]) == (
             5e-7, "cosine", 0.1, 0.3)

@@ -182,9 +182,14 @@ def build_reward(names: Sequence[str] = ("verifier_code",), weights: Sequence[fl
         elif name == "llm_judge":
             from autoif_train.rewards.llm_judge import LLMJudgeReward
 
-            if options.get("judge") is None:
-                raise RewardError("rewards: llm_judge needs a judge generator (judge_model)")
-            rewards.append(LLMJudgeReward(options["judge"], threshold=options.get("judge_threshold", 8.0)))
+            judge = options.get("judge")
+            if judge is None:
+                if not options.get("judge_model"):
+                    raise RewardError("rewards: llm_judge needs judge_model (a model path, hub id or endpoint model)")
+                from autoif_train.generation import build_generator
+
+                judge = build_generator(options.get("judge_backend", "transformers"), options["judge_model"])
+            rewards.append(LLMJudgeReward(judge, threshold=options.get("judge_threshold", 8.0)))
         else:
             raise RewardError(f"rewards: unknown reward {name!r}; known: {', '.join(REWARDS)}")
     return CombinedReward(rewards, weights)
@@ -215,6 +220,15 @@ class RewardFields:
     verifier_timeout: float = field(
         default=1.0, metadata={"help": "Seconds per verifier call (stretched when the host is oversubscribed)."})
     isolation: str = field(default="seccomp", metadata={"help": "seccomp | bwrap | none (unsafe)."})
+    judge_model: str | None = field(default=None, metadata={"help": "llm_judge reward: the judge model."})
+    judge_backend: str = field(default="transformers", metadata={"help": "llm_judge reward: transformers | vllm | "
+                                                                          "openai."})
+    judge_threshold: float = field(default=8.0, metadata={"help": "llm_judge reward: score >= this passes."})
+
+    def reward_options(self) -> dict:
+        """Keyword arguments of `build_reward` from these fields (besides the pool)."""
+        return {"judge_model": self.judge_model, "judge_backend": self.judge_backend,
+                "judge_threshold": self.judge_threshold}
 
     def check_reward_fields(self) -> None:
         """Raise `RewardError` for an unknown reward name, mismatched weights or scoring mode."""
@@ -225,12 +239,16 @@ class RewardFields:
             raise RewardError(f"rewards: unknown reward(s) {unknown}; known: {', '.join(REWARDS)}")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise RewardError(f"reward_weights: {len(self.reward_weights)} weights for {len(self.rewards)} rewards")
+        if "llm_judge" in self.rewards and not self.judge_model:
+            raise RewardError("rewards: llm_judge needs judge_model")
         if self.reward_scoring not in SCORING_MODES:
             raise RewardError(f"reward_scoring must be one of {SCORING_MODES}, got {self.reward_scoring!r}")
 
 
 def check_prompt_rewards(args, prompts, path: str, eval_prompts=None, eval_path: str | None = None) -> None:
     """Before any model loads: every training (and held-out) prompt row can be scored by `args.rewards`."""
+    if "llm_judge" in args.rewards:
+        return  # the judge scores any row with a request; nothing else to check before loading it
     reward = build_reward(args.rewards, args.reward_weights)  # builds no pool: checks only read the rows
     check_rows(reward, prompts, path)
     if eval_prompts:

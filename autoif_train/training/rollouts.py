@@ -198,7 +198,7 @@ class RolloutMixin:
 
             names = self.args.rewards
             pool = self._verifier_pool() if "verifier_code" in names else None
-            self._rewards = build_reward(names, self.args.reward_weights, pool=pool)
+            self._rewards = build_reward(names, self.args.reward_weights, pool=pool, **self.args.reward_options())
         return self._rewards
 
     def _trainable(self, pairs: list[dict]) -> list[dict]:
