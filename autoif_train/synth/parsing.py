@@ -83,7 +83,9 @@ def parse_verifier_answer(text: str) -> tuple[str | None, list[dict], str]:
     func = _strip_code_fence(func).strip() + "\n"
     if len(func) > MAX_FUNC_CHARS:
         return None, [], "func_too_long"
-    if "def evaluate(" not in func:
+    from autoif_train.rewards.verifier_code import is_verifier_code
+
+    if not is_verifier_code(func):  # the full static check runs in cross-validation (`rewards.verifier_problem`)
         return None, [], "missing_evaluate"
     cases = []
     raw_cases = obj.get("cases", obj.get("test_cases"))

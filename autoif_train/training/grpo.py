@@ -9,8 +9,9 @@ check returned a result: every verifier timed out, crashed or was disabled) gets
 leaves out of the group's reward. Completions end at every end-of-turn id (`generation.chat.end_of_turn_ids`), not
 only the tokenizer's eos. vLLM (colocate or server), ZeRO-3, LoRA and checkpoint resume are TRL's.
 
-Not protected against: a verifier that is slow on some responses and fast on others is judged per rank (its
-strikes are counted in that rank's pool), so on several ranks it may be disabled later than on one.
+`reward_scoring` does not apply (TRL calls the reward on every rank for its own completions). Not protected
+against: a verifier that is slow on some responses and fast on others is judged per rank (its strikes are counted
+in that rank's pool), so on several ranks it may be disabled later than on one.
 """
 
 from __future__ import annotations
