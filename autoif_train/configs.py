@@ -37,6 +37,9 @@ class ScriptArguments:
         verifier_bundle: JSONL of `{"id", "code"}` verifiers that online-DPO prompt rows may reference by id.
         max_train_samples: keep only the first N training rows (smoke runs).
         accelerate_config: read by `launch.sh` only (which accelerate config to launch with).
+        force: start even when the pre-flight memory plan (`autoif plan`) says the recipe does not fit.
+        plan_gpu_memory: memory per GPU the pre-flight plan assumes (e.g. `80GB`); default: the visible GPU's.
+            On a machine without a GPU the check runs only when this is given.
     """
 
     stage: str = field(default="sft", metadata={"help": f"One of {', '.join(STAGES)}."})
@@ -49,6 +52,10 @@ class ScriptArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N rows."})
     accelerate_config: str | None = field(
         default=None, metadata={"help": "Read by launch.sh only: name under accelerate_configs/ or a path."}
+    )
+    force: bool = field(default=False, metadata={"help": "Start even if the memory plan says it does not fit."})
+    plan_gpu_memory: str | None = field(
+        default=None, metadata={"help": "GPU memory the pre-flight plan assumes, e.g. 80GB (default: the GPU's)."}
     )
 
     def __post_init__(self):
@@ -152,6 +159,10 @@ class OnlineDPOConfig(AutoIFDPOConfig):
     vllm_server_base_url: str | None = field(default=None, metadata={"help": "trl vllm-serve URL (server mode)."})
     vllm_server_timeout: float = field(default=240.0, metadata={"help": "Seconds to wait for the server."})
     vllm_enforce_eager: bool = field(default=True, metadata={"help": "Skip graph compilation (CPU)."})
+    vllm_sync_bucket_mb: float = field(
+        default=512.0, metadata={"help": "MiB of ZeRO-3 parameters gathered per collective in a weight push (0: one "
+                                         "tensor per gather)."}
+    )
     eval_every_round: bool = field(default=False, metadata={"help": "Held-out verifier pass rate each round."})
 
     def __post_init__(self):

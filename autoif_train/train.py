@@ -108,6 +108,31 @@ def _repo_relative(path: str | None) -> str | None:
     return str(candidate) if candidate.exists() else path
 
 
+def preflight_plan(script_args, training_args, model_args) -> None:
+    """`autoif plan`'s check before any weights load: refuse a recipe over the GPU memory budget unless `force`.
+
+    Runs on GPU machines (the visible GPU's memory) or when `plan_gpu_memory` is given; every rank reaches the
+    same verdict. A model whose config the planner cannot find is reported and not checked."""
+    import torch
+
+    from autoif_train.planning.inputs import check_fits, parse_memory, require_fit
+    from autoif_train.planning.model_shape import PlanInputError
+
+    if script_args.plan_gpu_memory is None and not torch.cuda.is_available():
+        logger.info("memory plan: no GPU, not checked (plan_gpu_memory: 80GB checks a GPU budget)")
+        return
+    memory = parse_memory(script_args.plan_gpu_memory) if script_args.plan_gpu_memory else None
+    try:
+        plan = check_fits(script_args, training_args, model_args, gpu_memory=memory)
+    except PlanInputError as err:
+        logger.warning("memory plan: not checked: %s", err)
+        return
+    require_fit(plan, force=script_args.force)
+    peak = max(plan.peak(phase) for phase in plan.phases)
+    logger.info("memory plan: %s: peak %.1f of %.1f GiB per GPU", "fits" if plan.fits else "DOES NOT FIT (--force)",
+                peak / 2**30, plan.budget / 2**30)
+
+
 def main(script_args, training_args, model_args) -> TrainResult:
     """Run the recipe's stage and return what it produced."""
     from autoif_train.configs import RecipeError
@@ -120,6 +145,7 @@ def main(script_args, training_args, model_args) -> TrainResult:
     model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
     for name in ("dataset_path", "eval_dataset_path", "verifier_bundle"):
         setattr(script_args, name, _repo_relative(getattr(script_args, name)))
+    preflight_plan(script_args, training_args, model_args)
     if script_args.stage == "online_dpo":
         from autoif_train.training.online_dpo import run_online_dpo
 
@@ -138,7 +164,7 @@ def cli(argv: list[str] | None = None):
     try:
         script_args, training_args, model_args = parse_train_args(argv)
         main(script_args, training_args, model_args)
-    except (RecipeError, DataError) as err:
+    except (RecipeError, DataError) as err:  # DoesNotFitError (memory plan) is a RecipeError
         print(f"autoif train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -251,3 +251,24 @@ def test_memory_sizes_read_as_gib():
     assert parse_memory("141G") == 141 * GiB
     with pytest.raises(PlanInputError):
         parse_memory("-3GB")
+
+
+# ----- the pre-flight check in `autoif train` ----------------------------------------------------------------------
+def test_train_refuses_a_recipe_over_the_gpu_budget_before_loading_weights(tiny_model_dir, tmp_path):
+    """`autoif train` plans first: 1 MiB per GPU cannot hold even the tiny model, so it exits 2 in one line with
+    the breaking term and `--force`, before any weights load (no output folder); `--force` starts anyway."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "autoif_train.cli", "train", "--config", str(RECIPES / "tiny" / "sft.yaml"),
+            "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--plan_gpu_memory", "1MB",
+            "--max_steps", "1"]
+    proc = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "does not fit" in errors[0] and "--force" in errors[0]
+    assert "Traceback" not in proc.stderr and not out.exists()
+    forced = subprocess.run(base + ["--force", "true"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "DOES NOT FIT (--force)" in forced.stderr and (out / "model.safetensors").exists()
