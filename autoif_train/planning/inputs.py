@@ -131,6 +131,7 @@ def settings_from_args(script_args, training_args, model_args, weight_bytes: int
         vllm_gpu_memory_utilization=get("vllm_gpu_memory_utilization", 0.3),
         vllm_enable_sleep_mode=get("vllm_enable_sleep_mode", False),
         vllm_max_model_length=get("vllm_max_model_length", None),
+        vllm_sync_bucket_mb=get("vllm_sync_bucket_mb", 512.0),
         generation_batch_size=get("generation_batch_size", 16), num_samples=get("num_samples", 8),
         max_new_tokens=get("max_new_tokens", 256), prompts_per_round=get("prompts_per_round", 64),
         max_chosen=get("max_chosen", 2), max_rejected=get("max_rejected", 2),

@@ -275,6 +275,8 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
             record[name] = sum(values) / len(values) if values else None
         record.update(checkpoint=checkpoint, global_step=self.state.global_step, train_steps=steps,
                       training_seconds=seconds)
+        if torch.cuda.is_available():  # this rank's peak since the start (training, sampling, vLLM's pool)
+            record["peak_gpu_memory_gib"] = torch.cuda.max_memory_reserved() / 2**30
         return record
 
     def _finish_round(self, cur: dict, checkpoint: str) -> None:
