@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
 
+from autoif_train.core.errors import RecipeError
+
 STAGES = ("sft", "dpo", "online_dpo")
 
 
-class RecipeError(ValueError):
-    """A recipe or its command-line overrides cannot be turned into a valid configuration."""
 
 
 @dataclass

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import re
 from pathlib import Path
 
 import yaml
+
+from autoif_train.core.io import write_jsonl
 
 BENCHMARKS = ("ifeval", "ifbench", "verifiers")
 logger = logging.getLogger(__name__)
@@ -30,13 +31,6 @@ logger = logging.getLogger(__name__)
 def model_slug(model: str) -> str:
     """A folder name for `model` (its path or id with separators replaced)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/")).strip("_") or "model"
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(path)
 
 
 def load_benchmarks(benchmarks: list[str], data: str | None, ifbench_data: str | None,
@@ -92,14 +86,14 @@ def main(models: list[str], benchmarks: list[str], out: str, data: str | None = 
                     logger.info("%s: generating %d %s responses", model, len(prompts), name)
                     responses = [c[0] for c in generator.generate(prompts, config)]
                     path = out_dir / "responses" / model_slug(model) / f"{name}.jsonl"
-                    _write_jsonl(path, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)])
+                    write_jsonl(path, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)])
                     if name == "verifiers":
                         from autoif_train.evaluation.verifier_pass_rate import score_verifier_responses
 
                         metrics, records = score_verifier_responses(bench, responses, pool, progress=True)
                     else:
                         metrics, records = bench.score(responses)
-                    _write_jsonl(path, records)
+                    write_jsonl(path, records)
                     merged = write_report(out_dir, {model: {name: metrics}})
             finally:
                 generator.close()

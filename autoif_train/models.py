@@ -32,6 +32,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoif_train.core.errors import AutoIFError
+
 MARKER = "autoif_model.json"
 
 
@@ -63,7 +65,7 @@ REGISTRY: dict[str, EmbeddedModel] = {
 }
 
 
-class ModelPrepError(RuntimeError):
+class ModelPrepError(AutoIFError, RuntimeError):
     """An embedded model cannot be found, downloaded or converted."""
 
 

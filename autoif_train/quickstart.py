@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from autoif_train.quickstart_report import build_report, check_report, plot_pass_rate, print_summary, write_json
+from autoif_train.core.io import write_json
+from autoif_train.quickstart_report import build_report, check_report, plot_pass_rate, print_summary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = REPO_ROOT / "recipes" / "quickstart" / "online_dpo.yaml"

@@ -18,51 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from autoif_train.core.errors import InputError
+from autoif_train.core.io import atomic_path, read_rows
 from autoif_train.sandbox import ISOLATION_MODES, IsolationUnavailable, VerifierPool, code_hash, pass_rate
-
-
-class InputError(ValueError):
-    """A malformed input line; the message names file, line and field."""
-
-
-def _read_jsonl(path: Path, fields: dict[str, type]) -> list[dict]:
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read: {e}") from e
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(row, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        for name, kind in fields.items():
-            if name not in row:
-                raise InputError(f"{path}:{lineno}: missing field {name!r}")
-            if not isinstance(row[name], kind):
-                raise InputError(f"{path}:{lineno}: field {name!r} must be {kind.__name__}, got "
-                                 f"{type(row[name]).__name__}")  # fmt: skip
-        row["_line"] = lineno
-        rows.append(row)
-    return rows
 
 
 def load_inputs(verifiers_path: Path, responses_path: Path) -> tuple[list[dict], list[list[str]]]:
     """Validate both files; returns the response rows and, per row, the verifier codes to run."""
     codes: dict[str, str] = {}
-    for row in _read_jsonl(verifiers_path, {"id": str, "code": str}):
+    for row in read_rows(verifiers_path, {"id": str, "code": str}):
         if row["id"] in codes:
-            raise InputError(f"{verifiers_path}:{row['_line']}: field 'id': duplicate verifier id {row['id']!r}")
+            raise row.where.error("id", f"duplicate verifier id {row['id']!r}")
         codes[row["id"]] = row["code"]
-    rows = _read_jsonl(responses_path, {"id": str, "response": str, "verifiers": list})
+    rows = read_rows(responses_path, {"id": str, "response": str, "verifiers": list})
     per_row = []
     for row in rows:
         resolved = []
@@ -72,8 +43,7 @@ def load_inputs(verifiers_path: Path, responses_path: Path) -> tuple[list[dict],
             elif isinstance(ref, str) and "def evaluate" in ref:
                 resolved.append(ref)
             else:
-                raise InputError(f"{responses_path}:{row['_line']}: field 'verifiers'[{j}]: unknown verifier id "
-                                 f"{ref!r} (not in {verifiers_path})")  # fmt: skip
+                raise row.where.error(f"verifiers[{j}]", f"unknown verifier id {ref!r} (not in {verifiers_path})")
         per_row.append(resolved)
     return rows, per_row
 
@@ -94,16 +64,13 @@ def main(
         flat = pool.run(calls, progress=progress)
         disabled = dict(pool.disabled)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
     rates, pos = [], 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row, codes in zip(rows, per_row):
             results = flat[pos : pos + len(codes)]
             pos += len(codes)
             rates.append(pass_rate(results))
             f.write(json.dumps({"id": row["id"], "results": results, "pass_rate": rates[-1]}) + "\n")
-    os.replace(tmp, out)
     names = {code_hash(c): ref for row, codes in zip(rows, per_row) for ref, c in zip(row["verifiers"], codes)}
     return {
         "rows": len(rows),

@@ -132,7 +132,7 @@ def test_prompt_without_verifiers_fails_before_loading_a_model(tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text(json.dumps({"id": "a", "prompt": "hi", "verifiers": ["even_length/v1"]}) + "\n"
                    + json.dumps({"id": "b", "prompt": "hi"}) + "\n")
-    with pytest.raises(DataError, match=r"prompts.jsonl row 2: missing field 'verifiers'"):
+    with pytest.raises(DataError, match=r"prompts.jsonl:2: field 'verifiers': missing"):
         _run(tmp_path / "no-model-needed", tmp_path / "o", "--dataset_path", str(bad),
              "--verifier_bundle", str(DATA / "functions.jsonl"))
     assert not (tmp_path / "o").exists()

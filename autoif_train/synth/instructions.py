@@ -26,21 +26,18 @@ NEW_PER_ANSWER = 5
 def inputs(ctx) -> list[dict]:
     """The seed instructions, validated (file, line and field named on error)."""
     path = ctx.config.seed_instructions
-    try:
-        rows = read_jsonl(path, required=("instruction",))
-    except FileNotFoundError as err:
-        raise SynthError(f"seed_instructions: file not found: {path}") from err
+    rows = read_jsonl(path, required=("instruction",))
     seen = set()
-    for lineno, row in enumerate(rows, 1):
+    for index, row in enumerate(rows, 1):
         if not isinstance(row["instruction"], str) or not row["instruction"].strip():
-            raise SynthError(f"{path}: row {lineno}: field 'instruction' must be a non-empty string")
-        row.setdefault("id", f"seed-{lineno:04d}")
+            raise row.where.error("instruction", "must be a non-empty string")
+        row.setdefault("id", f"seed-{index:04d}")
         if row["id"] in seen:
-            raise SynthError(f"{path}: row {lineno}: duplicate id {row['id']!r}")
+            raise row.where.error("id", f"duplicate id {row['id']!r}")
         seen.add(row["id"])
         for name in ("verifiers", "cases"):
             if name in row and not isinstance(row[name], list):
-                raise SynthError(f"{path}: row {lineno}: field {name!r} must be a list")
+                raise row.where.error(name, "must be a list")
     if not rows:
         raise SynthError(f"{path}: no seed instructions")
     return rows
