@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from autoif_train.core.errors import InputError
+from autoif_train.core.errors import InputError, run_command
 from autoif_train.core.io import atomic_path, read_rows
-from autoif_train.sandbox import ISOLATION_MODES, IsolationUnavailable, VerifierPool, code_hash, pass_rate
+from autoif_train.sandbox import ISOLATION_MODES, VerifierPool, code_hash, pass_rate
 
 
 def load_inputs(verifiers_path: Path, responses_path: Path) -> tuple[list[dict], list[list[str]]]:
@@ -58,12 +59,12 @@ def main(
     progress: bool = True,
 ) -> dict:
     """Score every response; write O.jsonl atomically; return a summary (rows, calls, mean pass rate, disabled)."""
+    out = check_out_path(out)  # before scoring: a bad --out must not throw the finished scores away
     rows, per_row = load_inputs(Path(verifiers), Path(responses))
     calls = [(code, row["response"]) for row, codes in zip(rows, per_row) for code in codes]
     with VerifierPool(workers=workers, timeout=timeout, isolation=isolation) as pool:
         flat = pool.run(calls, progress=progress)
         disabled = dict(pool.disabled)
-    out = Path(out)
     rates, pos = [], 0
     with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row, codes in zip(rows, per_row):
@@ -81,28 +82,52 @@ def main(
     }
 
 
+def check_out_path(out: str | Path) -> Path:
+    """`out` as a Path, after checking it can be written as a file (not a folder; its folder exists or can be made)."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(out, None, "out", "is a folder; give the output file, e.g. OUT/scores.jsonl")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(out, None, "out", f"cannot be written ({parent} is not a writable folder)")
+    return out
+
+
+def positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autoif verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--verifiers", required=True, help="JSONL of {id, code}")
     parser.add_argument("--responses", required=True, help="JSONL of {id, response, verifiers: [ids]}")
     parser.add_argument("--out", required=True, help="output JSONL of {id, results, pass_rate}")
-    parser.add_argument("--workers", type=int, default=2, help="sandbox worker processes (default 2)")
-    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per verifier call (default 1.0)")
+    parser.add_argument("--workers", type=positive(int), default=2, help="sandbox worker processes (default 2)")
+    parser.add_argument("--timeout", type=positive(float), default=1.0, help="seconds per verifier call (default 1.0)")
     parser.add_argument("--isolation", choices=ISOLATION_MODES, default="seccomp",
                         help="seccomp (default), bwrap, or none (rlimits only: explicit opt-out)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    try:
+
+    def run(argv: list[str]) -> int:
+        args = parser.parse_args(argv)
         summary = main(args.verifiers, args.responses, args.out, args.workers, args.timeout, args.isolation,
                        progress=not args.no_progress)  # fmt: skip
-    except (InputError, IsolationUnavailable) as e:
-        print(f"autoif verify: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    if summary["disabled_verifiers"]:
-        print(f"autoif verify: disabled after repeated timeouts/crashes: {summary['disabled_verifiers']}",
-              file=sys.stderr)  # fmt: skip
-    return 0
+        print(json.dumps(summary))
+        if summary["disabled_verifiers"]:
+            print(f"autoif verify: disabled after repeated timeouts/crashes: {summary['disabled_verifiers']}",
+                  file=sys.stderr)  # fmt: skip
+        return 0
+
+    return run_command("autoif verify", run, argv)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ def test_prompt_without_verifiers_fails_before_loading_a_model(tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text(json.dumps({"id": "a", "prompt": "hi", "verifiers": ["even_length/v1"]}) + "\n"
                    + json.dumps({"id": "b", "prompt": "hi"}) + "\n")
+    (tmp_path / "no-model-needed").mkdir()
+    (tmp_path / "no-model-needed" / "config.json").write_text("{}")  # exists, never loaded
     with pytest.raises(DataError, match=r"prompts.jsonl:2: field 'verifiers': missing"):
         _run(tmp_path / "no-model-needed", tmp_path / "o", "--dataset_path", str(bad),
              "--verifier_bundle", str(DATA / "functions.jsonl"))

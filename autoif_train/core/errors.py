@@ -8,6 +8,9 @@ the real line number in the file (for parquet files and hub datasets, which have
 from __future__ import annotations
 
 import os
+import sys
+import traceback
+from collections.abc import Callable
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the run itself failed (generation, sandbox, a broken environment)
@@ -62,3 +65,38 @@ class RecipeError(InputError):
 
 class ModelNotFoundError(InputError):
     """A local model folder given as `model_name_or_path` (or `--model`) does not exist."""
+
+
+def exit_code_of(err: BaseException) -> int | None:
+    """The exit code for an error the project reports as one line, or None for a bug (shown as a traceback).
+
+    `AutoIFError`s, and classes of this package that set an `exit_code` (the sandbox's `IsolationUnavailable`,
+    which is loaded without this package inside the sandbox), are reported."""
+    if isinstance(err, AutoIFError):
+        return err.exit_code
+    code = getattr(type(err), "exit_code", None)
+    return code if isinstance(code, int) and type(err).__module__.startswith("autoif_train.") else None
+
+
+def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
+    """Run `main(argv)` the way every `autoif` command runs: a reported error is one line on stderr,
+    `PROG: error: MESSAGE`, and its exit code (2 for bad input); Ctrl-C prints "interrupted; rerun the same command
+    to resume" and exits 130. `--debug` (or AUTOIF_DEBUG=1) also prints the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("AUTOIF_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return int(main(argv) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"\n{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - anything not reported on purpose is re-raised as a bug
+        code = exit_code_of(err)
+        if code is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return code

@@ -213,7 +213,7 @@ def check_model_folder(model: str) -> str:
     path = Path(model).expanduser()
     if not path.is_dir():
         raise ModelNotFoundError(f"model folder not found: {model}")
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise ModelNotFoundError(f"{model}: not a model folder (no config.json)")
     return model
 

@@ -14,6 +14,7 @@ from collections import Counter
 
 from autoif_train.core.io import is_local, read_rows
 from autoif_train.synth.artifacts import SynthError
+from autoif_train.synth.stage import StageResult
 
 NAME = "decontamination"
 
@@ -70,8 +71,6 @@ def get_decontaminator(ctx) -> Decontaminator:
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.synth.pipeline import StageResult
-
     deco = get_decontaminator(ctx)
     out, drops = [], Counter()
     for row in rows:

@@ -16,6 +16,7 @@ from collections import Counter
 from autoif_train.synth import prompts
 from autoif_train.synth.artifacts import SynthError, read_jsonl
 from autoif_train.synth.parsing import normalize_text, parse_instruction_list
+from autoif_train.synth.stage import StageResult
 
 NAME = "instructions"
 UNCHECKABLE = re.compile(r"\b(translat\w*|metaphor\w*|tone|style|humou?r\w*|poetic|emotion\w*)\b", re.IGNORECASE)
@@ -44,8 +45,6 @@ def inputs(ctx) -> list[dict]:
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.synth.pipeline import StageResult
-
     cfg = ctx.config
     all_seeds = [r["instruction"] for r in inputs(ctx)]
     prompt_list = []
@@ -83,8 +82,6 @@ def process(ctx, rows: list[dict], chunk_index: int):
 
 def finalize(ctx, rows: list[dict]):
     """Dedupe seeds ∪ augmented on normalized text; seeds come first so they always survive."""
-    from autoif_train.synth.pipeline import StageResult
-
     seen, kept, drops = set(), [], Counter()
     for row in sorted(rows, key=lambda r: r["source"] != "seed"):
         key = normalize_text(row["instruction"])

@@ -16,6 +16,7 @@ from collections import Counter
 from autoif_train.core.io import read_rows
 from autoif_train.synth import prompts
 from autoif_train.synth.artifacts import SynthError, read_jsonl
+from autoif_train.synth.stage import StageResult
 
 NAME = "queries"
 QUERY_FIELDS = ("query", "prompt", "instruction", "question", "text")
@@ -84,8 +85,6 @@ def _pool(ctx):
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.synth.pipeline import StageResult
-
     cfg = ctx.config
     pool, _ = _pool(ctx)
     out = []
@@ -101,6 +100,4 @@ def process(ctx, rows: list[dict], chunk_index: int):
 
 
 def finalize(ctx, rows: list[dict]):
-    from autoif_train.synth.pipeline import StageResult
-
     return StageResult(rows, details=Counter(_pool(ctx)[1]))
