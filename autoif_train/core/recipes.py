@@ -123,7 +123,11 @@ def split_argv(argv: list[str], prog: str = "autoif") -> Recipe:
                 raise RecipeError(None, None, None, "--config needs one recipe file: --config RECIPE.yaml")
             config = values[0]
             continue
-        overrides[name] = True if not values else values[0] if len(values) == 1 else values
+        value = True if not values else values[0] if len(values) == 1 else values
+        if name in overrides:  # a repeated flag (`--model a --model b`) collects a list
+            before = overrides[name] if isinstance(overrides[name], list) else [overrides[name]]
+            value = before + (value if isinstance(value, list) else [value])
+        overrides[name] = value
     recipe = read_recipe(config) if config else Recipe()
     recipe.overrides, recipe.help, recipe.help_all = overrides, help_, help_all
     return recipe
@@ -196,8 +200,8 @@ def _convert_one(value: Any, hint: Any, from_cli: bool) -> Any:
         return value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) and not isinstance(
             value, bool) else _MISSING
     if origin in (list, tuple):
-        if from_cli and isinstance(value, str):
-            value = yaml.safe_load(value) if value.startswith("[") else [value]
+        if isinstance(value, str):  # one item may be given without brackets
+            value = yaml.safe_load(value) if from_cli and value.startswith("[") else [value]
         if not isinstance(value, (list, tuple)):
             return _MISSING
         args = typing.get_args(hint)

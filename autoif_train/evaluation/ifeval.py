@@ -16,3 +16,8 @@ def load_ifeval(data: str | None = None, limit: int | None = None) -> Instructio
     """IFEval rows from `data` (a local JSONL) or the hub, validated against the checkers; first `limit` rows."""
     source = data or HUB_DATASET
     return build_benchmark("ifeval", read_benchmark_rows(source), str(source), REGISTRY, limit)
+
+
+def load(args) -> InstructionBenchmark:
+    """The `ifeval` entry of `evaluation/base.py`: `--data` (default: the hub dataset), first `--limit` rows."""
+    return load_ifeval(args.data, args.limit)

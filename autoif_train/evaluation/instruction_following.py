@@ -165,11 +165,12 @@ class InstructionBenchmark:
     rows: list[dict]
     registry: dict[str, type]
     source: str
+    uses_sandbox: bool = False  # checkers are library code run on the text, never generated code
 
     def prompts(self) -> list[str]:
         return [row["prompt"] for row in self.rows]
 
-    def score(self, responses: list[str]) -> tuple[dict, list[dict]]:
+    def score(self, responses: list[str], pool=None) -> tuple[dict, list[dict]]:
         """Metrics and per-prompt records (prompt, response, per-instruction results) for `responses`."""
         if len(responses) != len(self.rows):
             raise ValueError(f"{self.name}: {len(responses)} responses for {len(self.rows)} prompts")
