@@ -29,8 +29,9 @@ from typing import Any
 
 from autoif_train.core.errors import InputError
 from autoif_train.core.io import read_rows, write_text
+from autoif_train.resources import bundled
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "verifiers"
+DEFAULT_DIR = bundled("verifiers")
 SOURCE_FILES = ("instructions.jsonl", "queries.jsonl")
 DERIVED_FILES = ("functions.jsonl", "train_prompts.jsonl", "heldout_prompts.jsonl")
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from autoif_train.configs import parse_train_args
 from autoif_train.core.errors import run_command
+from autoif_train.resources import resolve_shipped
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ def _checkpoint_to_resume(training_args) -> str | None:
 
     if training_args.resume_from_checkpoint:
         return training_args.resume_from_checkpoint
-    import os
 
     return get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
 
@@ -101,14 +100,6 @@ def train_offline(script_args, training_args, model_args) -> TrainResult:
     return TrainResult(script_args.stage, training_args.output_dir, metrics=dict(output.metrics))
 
 
-def _repo_relative(path: str | None) -> str | None:
-    """Recipes name bundled data as `verifiers/...`: fall back to the checkout root when the cwd lacks the path."""
-    if not path or os.path.isabs(path) or os.path.exists(path):
-        return path
-    candidate = Path(__file__).resolve().parent.parent / path
-    return str(candidate) if candidate.exists() else path
-
-
 def main(script_args, training_args, model_args) -> TrainResult:
     """Run the recipe's stage and return what it produced."""
     from autoif_train.configs import RecipeError
@@ -120,7 +111,7 @@ def main(script_args, training_args, model_args) -> TrainResult:
         raise RecipeError("the recipe needs `model_name_or_path` (a local folder, hub id or embedded model name)")
     model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)  # checks a local folder exists
     for name in ("dataset_path", "eval_dataset_path", "verifier_bundle"):
-        setattr(script_args, name, _repo_relative(getattr(script_args, name)))
+        setattr(script_args, name, resolve_shipped(getattr(script_args, name)))  # `verifiers/...` in recipes
     if script_args.stage == "online_dpo":
         from autoif_train.training.online_dpo import run_online_dpo
 

@@ -19,8 +19,8 @@ from autoif_train.configs import RecipeError, parse_recipe
 from autoif_train.core.recipes import read_recipe
 from autoif_train.planning.memory import GiB, Hardware, Plan, Settings, plan_memory
 from autoif_train.planning.model_shape import PlanInputError, resolve_shape
+from autoif_train.resources import bundled
 
-REPO = Path(__file__).resolve().parent.parent.parent
 HALF_PRECISION = ("bfloat16", "bf16", "float16", "fp16", "half")
 
 
@@ -42,7 +42,7 @@ def parse_memory(text: str) -> int:
 
 def accelerate_config_path(name: str) -> Path:
     """A path, or a NAME under accelerate_configs/ (as launch.sh resolves it)."""
-    for candidate in (Path(name), REPO / "accelerate_configs" / f"{name.removesuffix('.yaml')}.yaml",
+    for candidate in (Path(name), bundled("accelerate_configs") / f"{name.removesuffix('.yaml')}.yaml",
                       Path("accelerate_configs") / f"{name.removesuffix('.yaml')}.yaml"):
         if candidate.is_file():
             return candidate
