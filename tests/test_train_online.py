@@ -96,7 +96,7 @@ def test_two_rounds_write_samples_scores_pairs_and_train(tiny_model_dir, tmp_pat
     assert all(torch.equal(last[k], after[k]) for k in after)
 
 
-def test_round_without_pairs_is_logged_and_skipped(tiny_model_dir, tmp_path, caplog):
+def test_round_without_pairs_is_logged_and_skipped(tiny_model_dir, tmp_path, caplog, capsys):
     out = tmp_path / "empty"
     with caplog.at_level("WARNING"):
         result = _run(tiny_model_dir, out, "--dataset_path", str(DATA / "online_prompts_always_pass.jsonl"),
@@ -114,6 +114,14 @@ def test_round_without_pairs_is_logged_and_skipped(tiny_model_dir, tmp_path, cap
     events = [EventAccumulator(str(p.parent)).Reload() for p in out.rglob("events.out.tfevents.*")]
     tags = {tag for acc in events for tag in acc.Tags()["scalars"]}
     assert {"train/round/pairs", "train/round/mean_pass_rate", "train/round/skipped_prompts"} <= tags, tags
+
+    # rerunning the finished run says so and trains nothing (no model load, no `train_loss 0` line)
+    capsys.readouterr()
+    again = _run(tiny_model_dir, out, "--dataset_path", str(DATA / "online_prompts_always_pass.jsonl"),
+                 "--prompts_per_round", "2", "--report_to", "tensorboard")
+    printed = capsys.readouterr()
+    assert f"all 2 rounds complete in {out}" in printed.out
+    assert "train_loss" not in printed.out + printed.err and again.rounds == result.rounds
 
 
 def test_use_vllm_without_vllm_is_a_clear_error():
