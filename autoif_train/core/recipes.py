@@ -258,6 +258,8 @@ def resolve(recipe: Recipe, dataclass_types, aliases: dict[str, str] | None = No
     hints = field_hints(dataclass_types)
     aliases = aliases or {}
     merged: dict[str, Any] = {}
+    overridden = {aliases.get(k, k) for k in recipe.overrides}
+    overridden |= {k[3:] for k in overridden if k.startswith("no_")}
     for source, from_cli in ((recipe.values, False), (recipe.overrides, True)):
         for key, value in source.items():
             if key == "env" and not from_cli:
@@ -266,6 +268,8 @@ def resolve(recipe: Recipe, dataclass_types, aliases: dict[str, str] | None = No
                 os.environ.update({str(k): str(v) for k, v in value.items()})
                 continue
             name = aliases.get(key, key)
+            if not from_cli and name in overridden:
+                continue  # the command line replaces this value (a bad one in the file is not an error then)
             if name not in hints and from_cli and name.startswith("no_") and name[3:] in hints and value is True:
                 name, value = name[3:], False
             if name not in hints:
