@@ -1,8 +1,8 @@
 """`SynthConfig`: every knob of the AutoIF synthesis pipeline; recipe YAML keys are these field names.
 
 Defaults are the paper's values (see each field's help); recipes lower the K's for small runs. Unknown keys are
-errors naming the file and the key. Relative paths are taken from the working directory, or else from the recipe's
-folder.
+errors naming the file and the key. Relative paths are taken from the working directory, else from the recipe's
+folder, else from the shipped files (`recipes/...`, `verifiers/...`), as `autoif train` resolves them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from autoif_train.core.errors import RecipeError
 from autoif_train.core.io import is_local
 from autoif_train.core.recipes import Recipe, read_recipe, resolve
+from autoif_train.resources import resolve_shipped
 from autoif_train.sandbox.settings import SandboxArgs
 
 NLI_FILTERS = ("nli", "llm_judge", "none")
@@ -125,7 +126,7 @@ def _resolve_path(value: str | None, recipe_dir: str) -> str | None:
     if not value or os.path.isabs(value) or os.path.exists(value):
         return value
     candidate = os.path.join(recipe_dir, value)
-    return candidate if os.path.exists(candidate) else value
+    return candidate if os.path.exists(candidate) else resolve_shipped(value)  # `recipes/...`, as `train` does
 
 
 def load_synth_config(path: str | None = None, overrides: dict[str, Any] | None = None,
