@@ -220,11 +220,12 @@ def _convert_one(value: Any, hint: Any, from_cli: bool) -> Any:
 
 def _convert(value: Any, hint: Any, from_cli: bool = False) -> Any:
     members, optional = _allowed(hint)
-    if value is None or (from_cli and isinstance(value, str) and value.lower() in ("none", "null") and optional):
-        return None if optional or hint is Any else _MISSING
-    # a string stays a string where the hint allows one (e.g. `dict | str`: the dataclass parses it)
+    # a string stays a string where the hint allows one (`dict | str`: the dataclass parses it; `--report_to none`
+    # stays "none"), as TRL's HfArgumentParser does
     if isinstance(value, str) and any((typing.get_origin(m) or m) is str for m in members):
         return value
+    if value is None or (from_cli and isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        return None if optional or hint is Any else _MISSING
     for member in members:
         out = _convert_one(value, member, from_cli)
         if out is not _MISSING:
