@@ -42,6 +42,8 @@ def test_recipe_forms_and_overrides(tmp_path):
     assert (demo.learning_rate, demo.num_rounds, demo.bf16, demo.use_vllm) == (3e-5, 5, True, False)
     assert demo.models == ["a", "b"] and demo.kwargs == '{"x": 1}'
     assert build(split_argv(["--bf16", "false", "--name", "none"]), Demo).bf16 is False
+    assert build(split_argv(["--num_rounds", "7", str(path)]), Demo).num_rounds == 7  # flags before the recipe
+    assert build(split_argv(["--num_rounds", "7", str(path)]), Demo).learning_rate == 1e-4
 
 
 def test_errors_name_file_line_and_key(tmp_path):

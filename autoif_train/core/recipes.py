@@ -100,7 +100,7 @@ def split_argv(argv: list[str], prog: str = "autoif") -> Recipe:
             i += 1
             continue
         if not arg.startswith("--"):
-            if config is None and not overrides and arg.endswith(RECIPE_SUFFIXES):
+            if config is None and arg.endswith(RECIPE_SUFFIXES):
                 config = arg
                 i += 1
                 continue
@@ -115,6 +115,8 @@ def split_argv(argv: list[str], prog: str = "autoif") -> Recipe:
         else:
             j = i + 1
             while j < len(argv) and not (argv[j].startswith("--") and len(argv[j]) > 2):
+                if j > i + 1 and config is None and argv[j].endswith(RECIPE_SUFFIXES) and os.path.isfile(argv[j]):
+                    break  # `--num_rounds 2 recipe.yaml`: the recipe after a flag's value
                 j += 1
             values = argv[i + 1 : j]
             i = j
