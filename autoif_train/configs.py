@@ -1,26 +1,25 @@
 """Configuration dataclasses for every training stage, and the one parser that reads recipes.
 
 Recipes are YAML files whose keys are the field names below (plus TRL's and transformers' own
-fields inherited through `SFTConfig` / `DPOConfig` / `ModelConfig`). Command-line flags override the
-YAML. An unknown key is an error that names the file, the key and the closest known field.
+fields inherited through `SFTConfig` / `DPOConfig` / `ModelConfig`), read by `core.recipes`. Command-line flags
+override the YAML. An unknown key is an error that names the file, the key and the closest known field.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
-import yaml
 from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+
+from autoif_train.core.errors import RecipeError
+from autoif_train.core.recipes import field_help, own_fields, resolve, split_argv
+from autoif_train.sandbox.settings import SandboxArgs
 
 STAGES = ("sft", "dpo", "online_dpo")
 
 
-class RecipeError(ValueError):
-    """A recipe or its command-line overrides cannot be turned into a valid configuration."""
 
 
 @dataclass
@@ -104,7 +103,7 @@ class AutoIFDPOConfig(DPOConfig):
 
 
 @dataclass
-class OnlineDPOConfig(AutoIFDPOConfig):
+class OnlineDPOConfig(AutoIFDPOConfig, SandboxArgs):
     """AutoIF iterative online DPO: sample K responses per prompt, score with verifiers, build pairs, train.
 
     Pair rule (AutoIF): chosen = pass rate >= `chosen_threshold`, rejected = pass rate <= `rejected_threshold`
@@ -145,9 +144,6 @@ class OnlineDPOConfig(AutoIFDPOConfig):
     max_chosen: int = field(default=2, metadata={"help": "At most this many chosen responses per prompt."})
     max_rejected: int = field(default=2, metadata={"help": "At most this many rejected responses per prompt."})
     epochs_per_round: float = field(default=1.0, metadata={"help": "DPO epochs over each round's pairs."})
-    verifier_workers: int = field(default=2, metadata={"help": "Sandboxed verifier worker processes."})
-    verifier_timeout: float = field(default=1.0, metadata={"help": "Seconds per verifier call."})
-    isolation: str = field(default="seccomp", metadata={"help": "seccomp | bwrap | none (unsafe)."})
     use_vllm: bool = field(default=False, metadata={"help": "Sample with vLLM instead of transformers."})
     vllm_mode: str = field(default="colocate", metadata={"help": "colocate | server."})
     vllm_gpu_memory_utilization: float = field(
@@ -181,7 +177,7 @@ class OnlineDPOConfig(AutoIFDPOConfig):
             raise RecipeError(f"truncated_samples must be one of {TRUNCATED_MODES}, got {self.truncated_samples!r}")
         for name in ("num_rounds", "prompts_per_round", "num_samples", "max_new_tokens", "generation_batch_size"):
             if getattr(self, name) < 1:
-                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise RecipeError(None, None, name, f"must be >= 1, got {getattr(self, name)}")
         if self.pairs_per_round is not None and self.pairs_per_round < 1:
             raise RecipeError(f"pairs_per_round must be >= 1 (or unset), got {self.pairs_per_round}")
         if self.rollout_chunk_prompts is not None and self.rollout_chunk_prompts < 1:
@@ -190,76 +186,86 @@ class OnlineDPOConfig(AutoIFDPOConfig):
             raise RecipeError(f"lr_schedule_scope must be auto, global or round, got {self.lr_schedule_scope!r}")
         if self.top_k < 0 or not 0 <= self.min_p < 1 or self.repetition_penalty <= 0:
             raise RecipeError("top_k must be >= 0, min_p in [0, 1) and repetition_penalty > 0")
+        self.check_sandbox()
         super().__post_init__()
 
 
 STAGE_CONFIGS: dict[str, type] = {"sft": AutoIFSFTConfig, "dpo": AutoIFDPOConfig, "online_dpo": OnlineDPOConfig}
 
 
-def _known_fields(dataclass_types) -> list[str]:
-    return sorted({f.name for dc in dataclass_types for f in fields(dc)})
+TRAINING_FIELDS = (  # the TrainingArguments fields shown by `autoif train --help` (--help-all lists every one)
+    "output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "gradient_checkpointing", "lr_scheduler_type", "warmup_ratio", "logging_steps",
+    "save_steps", "save_total_limit", "seed", "bf16", "report_to",
+)
+MODEL_FIELDS = ("model_name_or_path", "dtype", "attn_implementation", "use_peft", "lora_r", "lora_alpha")
 
 
-def read_recipe(path: str) -> dict[str, Any]:
-    """Load a recipe YAML mapping; a missing file, bad YAML or a non-mapping is a `RecipeError` naming the file."""
-    if not os.path.isfile(path):
-        raise RecipeError(f"recipe file not found: {path}")
-    with open(path) as fh:
-        try:
-            data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as err:
-            raise RecipeError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping of field names to values")
-    return data
-
-
-def check_keys(keys, dataclass_types, where: str) -> None:
-    """Raise `RecipeError` naming every key that no dataclass defines, with the closest field name."""
-    known = _known_fields(dataclass_types)
-    problems = []
-    for key in keys:
-        if key in known or key == "env" or (key.startswith("no_") and key[3:] in known):
-            continue
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(f"unknown key {key!r}{hint}")
-    if problems:
-        raise RecipeError(f"{where}: " + "; ".join(problems))
-
-
-def _stage_of(args: list[str], recipe: dict[str, Any]) -> str:
-    for i, arg in enumerate(args):
-        if arg == "--stage" and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--stage="):
-            return arg.split("=", 1)[1]
-    return recipe.get("stage", "sft")
+def stage_types(stage: str) -> tuple[type, type, type]:
+    return (ScriptArguments, STAGE_CONFIGS[stage], ModelConfig)
 
 
 def parse_train_args(args: list[str] | None = None):
-    """Parse `--config RECIPE.yaml [--field value ...]` into (ScriptArguments, stage config, ModelConfig).
+    """Parse `[--config] RECIPE.yaml [--field value ...]` into (ScriptArguments, stage config, ModelConfig).
 
-    The stage (from the recipe or `--stage`) picks the training config class. Unknown YAML keys and unknown
-    flags are errors that name the key.
+    The stage (from `--stage` or the recipe) picks the training config class. Keys and values are checked by
+    `core.recipes` (unknown keys, types; file and line named); TRL's `HfArgumentParser.parse_dict` builds the
+    dataclasses. `--help` prints `train_help()` and exits 0.
     """
-    args = list(sys.argv[1:] if args is None else args)
-    recipe: dict[str, Any] = {}
-    where = "command line"
-    if "--config" in args:
-        where = args[args.index("--config") + 1]
-        recipe = read_recipe(where)
-    stage = _stage_of(args, recipe)
+    recipe = split_argv(list(sys.argv[1:] if args is None else args))
+    if recipe.help or recipe.help_all:
+        print(train_help(full=recipe.help_all))
+        raise SystemExit(0)
+    stage = recipe.overrides.get("stage", recipe.values.get("stage", "sft"))
     if stage not in STAGE_CONFIGS:
-        raise RecipeError(f"{where}: stage must be one of {STAGES}, got {stage!r}")
-    types = (ScriptArguments, STAGE_CONFIGS[stage], ModelConfig)
-    check_keys(recipe.keys(), types, where)
-    flags = [a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a not in ("--config", "--help")]
-    check_keys(flags, types, "command line")
-    parser = TrlParser(types)
-    return parser.parse_args_and_config(args)
+        raise recipe.error("stage", f"must be one of {', '.join(STAGES)}, got {stage!r}")
+    values = resolve(recipe, stage_types(stage))
+    try:
+        return TrlParser(stage_types(stage)).parse_dict(values, allow_extra_keys=False)
+    except RecipeError as err:
+        if err.path is None:
+            raise RecipeError(recipe.path or "command line", None, err.field, err.message) from err
+        raise
+    except (ValueError, TypeError) as err:  # TrainingArguments' own checks (e.g. incompatible settings)
+        raise RecipeError(recipe.path or "command line", None, None, str(err)) from err
 
 
 def parse_recipe(path: str, overrides: list[str] | None = None):
     """Parse one recipe file (used by tests and tools that validate recipes without training)."""
     return parse_train_args(["--config", path, *(overrides or [])])
+
+
+def train_help(full: bool = False) -> str:
+    """`autoif train --help`: usage and examples first, then the fields grouped by stage."""
+    lines = [
+        "usage: autoif train [--config] RECIPE.yaml [--field value ...]",
+        "",
+        "Train one recipe; its `stage:` (sft | dpo | online_dpo) picks the trainer. Flags override the recipe's",
+        "keys (`--learning_rate 1e-5` or `--learning-rate=1e-5`); booleans take `true`/`false` or stand alone.",
+        "",
+        "examples:",
+        "  autoif train recipes/tiny/sft.yaml",
+        "  autoif train --config recipes/quickstart/online_dpo.yaml --num_rounds 2 --output_dir runs/try",
+        "  ./launch.sh recipes/qwen2-7b/online_dpo.yaml          # multi-GPU through accelerate",
+        "",
+        "what to train on (every stage):",
+        *field_help(ScriptArguments),
+        "",
+        "model (every stage; TRL ModelConfig):",
+        *field_help(ModelConfig, None if full else list(MODEL_FIELDS)),
+        "",
+        "online_dpo (AutoIF iterative online DPO; also takes every dpo field):",
+        *field_help(OnlineDPOConfig, own_fields(OnlineDPOConfig) + own_fields(SandboxArgs)),
+        "",
+        "dpo (TRL DPOConfig; AutoIF defaults):",
+        *field_help(AutoIFDPOConfig, own_fields(AutoIFDPOConfig) + ([] if not full else own_fields(DPOConfig))),
+        "",
+        "sft (TRL SFTConfig; AutoIF defaults):",
+        *field_help(AutoIFSFTConfig, own_fields(AutoIFSFTConfig) + ([] if not full else own_fields(SFTConfig))),
+        "",
+        "training (transformers TrainingArguments, every stage):",
+        *field_help(AutoIFSFTConfig, None if full else list(TRAINING_FIELDS)),
+    ]
+    if not full:
+        lines += ["", "`autoif train --help-all` lists every TRL and transformers field."]
+    return "\n".join(lines)

@@ -1,8 +1,8 @@
 """The whole AutoIF loop on CPU in one command: embedded SmolLM2-135M-Instruct, bundled verifiers, online DPO.
 
 Usage:
-    autoif quickstart [--out runs/quickstart] [--recipe recipes/quickstart/online_dpo.yaml] [--field value ...]
-    python -m autoif_train.quickstart --out runs/quickstart
+    autoif quickstart [--output_dir runs/quickstart] [--recipe recipes/quickstart/online_dpo.yaml] [--field value ...]
+    python -m autoif_train.quickstart --output_dir runs/quickstart
 
 Steps: prepare the model (`autoif models prepare`), greedy held-out verifier pass rate on
 `verifiers/heldout_prompts.jsonl` (verifiers run in the sandboxed pool), the online-DPO recipe
@@ -21,20 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-from autoif_train.quickstart_report import build_report, check_report, plot_pass_rate, print_summary, write_json
+from autoif_train.core.errors import run_command
+from autoif_train.core.io import write_json
+from autoif_train.quickstart_report import build_report, check_report, plot_pass_rate, print_summary
+from autoif_train.resources import bundled, resolve_shipped
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RECIPE = REPO_ROOT / "recipes" / "quickstart" / "online_dpo.yaml"
-DEFAULT_HELDOUT = REPO_ROOT / "verifiers" / "heldout_prompts.jsonl"
+DEFAULT_RECIPE = bundled("recipes/quickstart/online_dpo.yaml")
+DEFAULT_HELDOUT = bundled("verifiers/heldout_prompts.jsonl")
 logger = logging.getLogger(__name__)
-
-
-def _repo_path(path: str | None) -> str | None:
-    """A relative recipe path that does not exist from here but does from the repository root (recipes name
-    `verifiers/...`), made absolute; anything else unchanged."""
-    if path and not Path(path).is_absolute() and not Path(path).exists() and (REPO_ROOT / path).exists():
-        return str(REPO_ROOT / path)
-    return path
 
 
 def evaluate_heldout(model_path: str, rows, pool, max_new_tokens: int, batch_size: int, cache: Path, label: str):
@@ -84,8 +78,8 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     script_args, training_args, model_args = parse_train_args(
         ["--config", recipe, "--model_name_or_path", model_path, "--output_dir", str(train_dir), *overrides]
     )
-    script_args.dataset_path = _repo_path(script_args.dataset_path)
-    script_args.verifier_bundle = _repo_path(script_args.verifier_bundle)
+    script_args.dataset_path = resolve_shipped(script_args.dataset_path)
+    script_args.verifier_bundle = resolve_shipped(script_args.verifier_bundle)
     rows = load_verifier_prompts(heldout, functions, max_heldout)
     eval_args = (eval_max_new_tokens, eval_batch_size)
 
@@ -128,31 +122,30 @@ def cli(argv: list[str] | None = None) -> int:
         prog="autoif quickstart", description=__doc__.split("\n\n")[0],
         epilog="Unrecognised --field value flags override the recipe (OnlineDPOConfig / TRL fields).",
     )
-    parser.add_argument("--out", default="runs/quickstart", help="Output folder (report.json, pass_rate.png, ...).")
-    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="Online-DPO recipe YAML.")
+    parser.add_argument("--output_dir", "--output-dir", "--out", dest="out", default="runs/quickstart",
+                        help="Output folder (report.json, pass_rate.png, ...); --out is an alias.")
+    parser.add_argument("--recipe", "--config", default=str(DEFAULT_RECIPE), help="Online-DPO recipe YAML.")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Embedded model name or a local path.")
     parser.add_argument("--heldout", default=str(DEFAULT_HELDOUT), help="Held-out online-DPO prompt rows.")
     parser.add_argument("--functions", default=None, help="Verifier bundle for ids (default: beside --heldout).")
-    parser.add_argument("--max-heldout", type=int, default=None, help="Evaluate only the first N held-out rows.")
-    parser.add_argument("--eval-max-new-tokens", type=int, default=96, help="Greedy tokens per held-out response.")
-    parser.add_argument("--eval-batch-size", type=int, default=128,
+    parser.add_argument("--max-heldout", "--max_heldout", type=int, default=None,
+                        help="Evaluate only the first N held-out rows.")
+    parser.add_argument("--eval-max-new-tokens", "--eval_max_new_tokens", type=int, default=96,
+                        help="Greedy tokens per held-out response.")
+    parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=128,
                         help="Held-out prompts per generate() call (one batch of 110 is ~1.9x faster than 16 on CPU).")
-    args, overrides = parser.parse_known_args(argv)
-    bad = [a for a in overrides if a.startswith("-") and not a.startswith("--")]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from autoif_train.configs import RecipeError
-    from autoif_train.data.rows import DataError
-    from autoif_train.models import ModelPrepError
 
-    try:
+    def run(argv: list[str]) -> int:
+        args, overrides = parser.parse_known_args(argv)
+        bad = [a for a in overrides if a.startswith("-") and not a.startswith("--")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         main(args.out, args.recipe, args.model, args.heldout, args.functions, args.max_heldout,
              args.eval_max_new_tokens, args.eval_batch_size, overrides)
-    except (RecipeError, DataError, ModelPrepError) as err:
-        print(f"autoif quickstart: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command("autoif quickstart", run, argv)
 
 
 if __name__ == "__main__":

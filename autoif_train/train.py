@@ -2,7 +2,7 @@
 
 Usage:
     python -m autoif_train.train --config recipes/tiny/sft.yaml [--field value ...]
-    autoif train --config recipes/tiny/online_dpo.yaml
+    autoif train recipes/tiny/online_dpo.yaml --num_rounds 2      # `autoif train --help`: the fields by stage
     accelerate launch --config_file accelerate_configs/cpu_zero3.yaml -m autoif_train.train --config RECIPE.yaml
     ./launch.sh recipes/qwen2-7b/online_dpo.yaml          # multi-GPU, accelerate config from the recipe
 
@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from autoif_train.configs import parse_train_args
+from autoif_train.core.errors import run_command
+from autoif_train.resources import resolve_shipped
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ def _checkpoint_to_resume(training_args) -> str | None:
 
     if training_args.resume_from_checkpoint:
         return training_args.resume_from_checkpoint
-    import os
 
     return get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
 
@@ -100,14 +100,6 @@ def train_offline(script_args, training_args, model_args) -> TrainResult:
     return TrainResult(script_args.stage, training_args.output_dir, metrics=dict(output.metrics))
 
 
-def _repo_relative(path: str | None) -> str | None:
-    """Recipes name bundled data as `verifiers/...`: fall back to the checkout root when the cwd lacks the path."""
-    if not path or os.path.isabs(path) or os.path.exists(path):
-        return path
-    candidate = Path(__file__).resolve().parent.parent / path
-    return str(candidate) if candidate.exists() else path
-
-
 def preflight_plan(script_args, training_args, model_args) -> None:
     """`autoif plan`'s check before any weights load: refuse a recipe over the GPU memory budget unless `force`.
 
@@ -142,9 +134,9 @@ def main(script_args, training_args, model_args) -> TrainResult:
         raise RecipeError("the recipe needs `dataset_path` (training data file, folder or hub id)")
     if not model_args.model_name_or_path:
         raise RecipeError("the recipe needs `model_name_or_path` (a local folder, hub id or embedded model name)")
-    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
+    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)  # checks a local folder exists
     for name in ("dataset_path", "eval_dataset_path", "verifier_bundle"):
-        setattr(script_args, name, _repo_relative(getattr(script_args, name)))
+        setattr(script_args, name, resolve_shipped(getattr(script_args, name)))  # `verifiers/...` in recipes
     preflight_plan(script_args, training_args, model_args)
     if script_args.stage == "online_dpo":
         from autoif_train.training.online_dpo import run_online_dpo
@@ -154,20 +146,16 @@ def main(script_args, training_args, model_args) -> TrainResult:
     return train_offline(script_args, training_args, model_args)
 
 
-def cli(argv: list[str] | None = None):
-    import sys
-
-    from autoif_train.configs import RecipeError
-    from autoif_train.data.rows import DataError
-
+def _run(argv: list[str]) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        script_args, training_args, model_args = parse_train_args(argv)
-        main(script_args, training_args, model_args)
-    except (RecipeError, DataError) as err:  # DoesNotFitError (memory plan) is a RecipeError
-        print(f"autoif train: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    script_args, training_args, model_args = parse_train_args(argv)
+    main(script_args, training_args, model_args)
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command("autoif train", _run, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    raise SystemExit(cli())

@@ -231,7 +231,7 @@ def test_check_fits_reads_the_accelerate_launch_environment(monkeypatch):
     ([str(RECIPES / "synth" / "quickstart.yaml")], "not a training recipe"),
     ([str(RECIPES / "tiny" / "sft.yaml")], "no config.json for model 'outputs/tiny-llama'"),
     ([str(RECIPES / "llama3-8b" / "online_dpo.yaml"), "--accelerate-config", "zero9"], "accelerate config not found"),
-    ([str(RECIPES / "llama3-8b" / "online_dpo.yaml"), "--num_sample", "3"], "unknown key 'num_sample'"),
+    ([str(RECIPES / "llama3-8b" / "online_dpo.yaml"), "--num_sample", "3"], "field 'num_sample': unknown key"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, capsys):
     assert plan_cli(argv) == 2
