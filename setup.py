@@ -1,6 +1,27 @@
 """autoif-train: AutoIF (self-play with execution feedback) as an end-to-end post-training system."""
 
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# Shipped with the wheel as package resources (they stay at the repository root in a checkout; see
+# autoif_train/resources/__init__.py, which finds either copy).
+SHIPPED = ("verifiers", "recipes", "accelerate_configs")
+
+
+class BuildWithResources(build_py):
+    """build_py that also copies the top-level verifiers/, recipes/ and accelerate_configs/ into
+    autoif_train/resources/ of the build, so a non-editable install has the bundle and the recipes."""
+
+    def run(self):
+        super().run()
+        here = Path(__file__).resolve().parent
+        for name in SHIPPED:
+            target = Path(self.build_lib) / "autoif_train" / "resources" / name
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(here / name, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 # torch is pinned loosely; on CPU machines install `torch==2.13.0` first (see README) so pip keeps the CPU build.
 INSTALL_REQUIRES = [
@@ -46,6 +67,7 @@ setup(
     include_package_data=True,
     # model configs of the paper models, for `autoif plan` without a download
     package_data={"autoif_train": ["py.typed", "resources/model_configs/*.json"]},
+    cmdclass={"build_py": BuildWithResources},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["autoif=autoif_train.cli:main"]},

@@ -20,14 +20,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "verifiers"
+from autoif_train.core.errors import InputError
+from autoif_train.core.io import read_rows, write_text
+from autoif_train.resources import bundled
+
+DEFAULT_DIR = bundled("verifiers")
 SOURCE_FILES = ("instructions.jsonl", "queries.jsonl")
 DERIVED_FILES = ("functions.jsonl", "train_prompts.jsonl", "heldout_prompts.jsonl")
 
@@ -41,7 +44,7 @@ ID_PATTERN = re.compile(r"^[a-z0-9_]+$")
 MAX_REPORTED_ERRORS = 30
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """A bundle file is missing or malformed; the message names the file, line and field of every problem found."""
 
 
@@ -88,23 +91,11 @@ def join_prompt(query: str, instruction: str) -> str:
 
 
 def _read_jsonl(path: Path, errors: list[str]) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; bad lines are added to `errors` as `FILE line N: ...`."""
-    if not path.is_file():
-        raise BundleError(f"{path}: file not found")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            errors.append(f"{path} line {n}: not valid JSON: {err.msg} (column {err.colno})")
-            continue
-        if not isinstance(obj, dict):
-            errors.append(f"{path} line {n}: expected a JSON object, got {type(obj).__name__}")
-            continue
-        rows.append((n, obj))
-    return rows
+    """(line number, object) for each non-blank line; bad lines are added to `errors` as `FILE:LINE: ...`."""
+    problems: list[InputError] = []
+    rows = read_rows(path, error=BundleError, problems=problems)
+    errors.extend(str(p) for p in problems)
+    return [(row.where.line, row) for row in rows]
 
 
 def _raise_if(errors: list[str]) -> None:
@@ -172,7 +163,7 @@ def load_instructions(path: str | Path) -> list[Instruction]:
     seen_ids: dict[str, int] = {}
     seen_verifiers: dict[str, int] = {}
     for n, obj in _read_jsonl(path, errors):
-        where = f"{path} line {n}"
+        where = f"{path}:{n}"
         inst = _check_instruction(obj, where, errors)
         if inst is None:
             continue
@@ -200,7 +191,7 @@ def load_queries(path: str | Path) -> list[Query]:
     seen_text: dict[str, int] = {}
     lo, hi = QUERY_CHARS
     for n, obj in _read_jsonl(path, errors):
-        where = f"{path} line {n}"
+        where = f"{path}:{n}"
         qid, text = obj.get("id"), obj.get("query")
         if not isinstance(qid, str) or not qid.strip():
             errors.append(f"{where}: field 'id' must be a non-empty string")
@@ -290,12 +281,6 @@ def stale_files(directory: str | Path, derived: dict[str, str]) -> list[str]:
     ]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- cross-validation through the sandbox
 
 
@@ -368,7 +353,7 @@ def main(
         status = 1 if stale else 0
     else:
         for name in stale:
-            _write_atomic(directory / name, derived[name])
+            write_text(directory / name, derived[name])
             print(f"wrote {directory / name}")
     if run_cross_validation:
         status = max(status, _run_cross_validation(bundle.instructions, workers, timeout, isolation))

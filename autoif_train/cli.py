@@ -1,13 +1,13 @@
 """The `autoif` command: one subcommand per job, each a thin call into that job's entry module.
 
 Usage:
-    autoif train --config recipes/quickstart/online_dpo.yaml      # single process; use launch.sh for multi-GPU
+    autoif train recipes/quickstart/online_dpo.yaml               # single process; use launch.sh for multi-GPU
     autoif plan recipes/llama3-70b/online_dpo.yaml               # per-GPU memory plan before launching
-    autoif synth --config recipes/synth/quickstart.yaml
+    autoif synth recipes/synth/quickstart.yaml [--field value ...]
     autoif verify --verifiers V.jsonl --responses R.jsonl --out O.jsonl
-    autoif eval --model PATH --benchmarks ifeval,verifiers --out DIR
+    autoif eval --model PATH --benchmarks ifeval,verifiers --output_dir DIR
     autoif models prepare smollm2-135m-instruct
-    autoif quickstart --out runs/quickstart
+    autoif quickstart --output_dir runs/quickstart
 
 Every entry module exposes `cli(argv)`; `python -m autoif_train.<module>` runs the same code.
 """
@@ -39,14 +39,18 @@ def _usage(commands) -> str:
     width = max(len(n) for n in commands) if commands else 0
     lines = ["usage: autoif <command> [options]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in commands.items()]
-    lines += ["", "Run `autoif <command> --help` for the options of one command."]
+    lines += ["", "Run `autoif <command> --help` for the options of one command; add --debug to any command to see",
+              "the traceback behind an error message."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = available()
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
+        print(_usage(commands), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(_usage(commands))
         return 0
     if argv[0] in ("-V", "--version"):

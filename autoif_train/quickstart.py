@@ -2,9 +2,9 @@
 GRPO on the same prompts and rewards).
 
 Usage:
-    autoif quickstart [--out runs/quickstart] [--recipe recipes/quickstart/online_dpo.yaml] [--field value ...]
-    autoif quickstart --stage grpo --out runs/quickstart-grpo     # recipes/quickstart/grpo.yaml
-    python -m autoif_train.quickstart --out runs/quickstart
+    autoif quickstart [--output_dir runs/quickstart] [--recipe recipes/quickstart/online_dpo.yaml] [--field value ...]
+    autoif quickstart --stage grpo --output_dir runs/quickstart-grpo     # recipes/quickstart/grpo.yaml
+    python -m autoif_train.quickstart --output_dir runs/quickstart
 
 Steps: prepare the model (`autoif models prepare`), greedy held-out verifier pass rate on
 `verifiers/heldout_prompts.jsonl` (verifiers run in the sandboxed pool), the online-DPO (or GRPO) recipe
@@ -23,21 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from autoif_train.quickstart_report import build_report, check_report, plot_pass_rate, print_summary, write_json
+from autoif_train.core.errors import run_command
+from autoif_train.core.io import write_json
+from autoif_train.quickstart_report import build_report, check_report, plot_pass_rate, print_summary
+from autoif_train.resources import bundled, resolve_shipped
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RECIPE = REPO_ROOT / "recipes" / "quickstart" / "online_dpo.yaml"
+DEFAULT_RECIPE = bundled("recipes/quickstart/online_dpo.yaml")
 QUICKSTART_STAGES = ("online_dpo", "grpo")
-DEFAULT_HELDOUT = REPO_ROOT / "verifiers" / "heldout_prompts.jsonl"
+DEFAULT_HELDOUT = bundled("verifiers/heldout_prompts.jsonl")
 logger = logging.getLogger(__name__)
-
-
-def _repo_path(path: str | None) -> str | None:
-    """A relative recipe path that does not exist from here but does from the repository root (recipes name
-    `verifiers/...`), made absolute; anything else unchanged."""
-    if path and not Path(path).is_absolute() and not Path(path).exists() and (REPO_ROOT / path).exists():
-        return str(REPO_ROOT / path)
-    return path
 
 
 def evaluate_heldout(model_path: str, rows, pool, max_new_tokens: int, batch_size: int, cache: Path, label: str):
@@ -69,10 +63,9 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
          eval_max_new_tokens: int, eval_batch_size: int, overrides: list[str]) -> dict:
     """Run the quickstart end to end and return the report (also written to `out/report.json`)."""
     from autoif_train.configs import parse_train_args
+    from autoif_train.core.recipes import read_recipe
     from autoif_train.evaluation.verifier_pass_rate import load_verifier_prompts
     from autoif_train.models import resolve_model
-    from autoif_train.rewards.spread import host_pool_settings
-    from autoif_train.sandbox import VerifierPool
     from autoif_train.train import main as train_main
 
     start = time.time()
@@ -81,9 +74,7 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     timings: dict[str, float] = {}
 
     # ----- Inputs first: a bad recipe or data row fails here, before any model work
-    from autoif_train.configs import read_recipe
-
-    stage = read_recipe(str(recipe)).get("stage", "online_dpo")
+    stage = read_recipe(recipe).values.get("stage", "online_dpo")
     train_dir = out_dir / stage
     t0 = time.time()
     model_path = resolve_model(model)
@@ -91,13 +82,12 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     script_args, training_args, model_args = parse_train_args(
         ["--config", recipe, "--model_name_or_path", model_path, "--output_dir", str(train_dir), *overrides]
     )
-    script_args.dataset_path = _repo_path(script_args.dataset_path)
-    script_args.verifier_bundle = _repo_path(script_args.verifier_bundle)
+    script_args.dataset_path = resolve_shipped(script_args.dataset_path)
+    script_args.verifier_bundle = resolve_shipped(script_args.verifier_bundle)
     rows = load_verifier_prompts(heldout, functions, max_heldout)
     eval_args = (eval_max_new_tokens, eval_batch_size)
 
-    workers, timeout = host_pool_settings(training_args.verifier_workers, training_args.verifier_timeout)
-    with VerifierPool(workers=workers, timeout=timeout, isolation=training_args.isolation) as pool:
+    with training_args.pool() as pool:  # SandboxArgs: the recipe's verifier pool, sized to the host
         # ----- Held-out pass rate before training
         t0 = time.time()
         before = evaluate_heldout(model_path, rows, pool, *eval_args, out_dir / "heldout_before.json", "before")
@@ -135,34 +125,34 @@ def cli(argv: list[str] | None = None) -> int:
         prog="autoif quickstart", description=__doc__.split("\n\n")[0],
         epilog="Unrecognised --field value flags override the recipe (OnlineDPOConfig / TRL fields).",
     )
-    parser.add_argument("--out", default="runs/quickstart", help="Output folder (report.json, pass_rate.png, ...).")
+    parser.add_argument("--output_dir", "--output-dir", "--out", dest="out", default="runs/quickstart",
+                        help="Output folder (report.json, pass_rate.png, ...); --out is an alias.")
     parser.add_argument("--stage", choices=QUICKSTART_STAGES, default="online_dpo",
                         help="online_dpo (default) or grpo: picks recipes/quickstart/<stage>.yaml.")
-    parser.add_argument("--recipe", default=None, help="Recipe YAML (default: recipes/quickstart/<stage>.yaml).")
+    parser.add_argument("--recipe", "--config", default=None,
+                        help="Recipe YAML (default: recipes/quickstart/<stage>.yaml).")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Embedded model name or a local path.")
     parser.add_argument("--heldout", default=str(DEFAULT_HELDOUT), help="Held-out online-DPO prompt rows.")
     parser.add_argument("--functions", default=None, help="Verifier bundle for ids (default: beside --heldout).")
-    parser.add_argument("--max-heldout", type=int, default=None, help="Evaluate only the first N held-out rows.")
-    parser.add_argument("--eval-max-new-tokens", type=int, default=96, help="Greedy tokens per held-out response.")
-    parser.add_argument("--eval-batch-size", type=int, default=128,
+    parser.add_argument("--max-heldout", "--max_heldout", type=int, default=None,
+                        help="Evaluate only the first N held-out rows.")
+    parser.add_argument("--eval-max-new-tokens", "--eval_max_new_tokens", type=int, default=96,
+                        help="Greedy tokens per held-out response.")
+    parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=128,
                         help="Held-out prompts per generate() call (one batch of 110 is ~1.9x faster than 16 on CPU).")
-    args, overrides = parser.parse_known_args(argv)
-    bad = [a for a in overrides if a.startswith("-") and not a.startswith("--")]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from autoif_train.configs import RecipeError
-    from autoif_train.data.rows import DataError
-    from autoif_train.models import ModelPrepError
 
-    try:
-        recipe = args.recipe or str(REPO_ROOT / "recipes" / "quickstart" / f"{args.stage}.yaml")
+    def run(argv: list[str]) -> int:
+        args, overrides = parser.parse_known_args(argv)
+        bad = [a for a in overrides if a.startswith("-") and not a.startswith("--")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        recipe = args.recipe or str(bundled(f"recipes/quickstart/{args.stage}.yaml"))
         main(args.out, recipe, args.model, args.heldout, args.functions, args.max_heldout,
              args.eval_max_new_tokens, args.eval_batch_size, overrides)
-    except (RecipeError, DataError, ModelPrepError) as err:
-        print(f"autoif quickstart: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command("autoif quickstart", run, argv)
 
 
 if __name__ == "__main__":

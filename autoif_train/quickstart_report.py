@@ -7,11 +7,11 @@ the smoke test and users can rely on.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
+
+from autoif_train.core.io import atomic_path
 
 ROUND_KEYS = (
     "round", "prompts", "prompts_with_pair", "pairs", "mean_pass_rate", "dpo_loss", "rewards_margins",
@@ -63,13 +63,6 @@ def check_report(report: dict) -> None:
             raise ValueError(f"report.json: rounds[{i}] must be a dict with 'round' == {i} and 'mean_pass_rate'")
 
 
-def write_json(path: Path, data) -> None:
-    """Write JSON whole and rename into place (a crash never leaves half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def plot_pass_rate(report: dict, path: Path) -> None:
     """Line plot: on-policy sample pass rate of each round's training prompts (drawn at x = round, i.e. by the
     policy after that many rounds of updates), and the held-out greedy pass rate before training and after the
@@ -96,10 +89,9 @@ def plot_pass_rate(report: dict, path: Path) -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("AutoIF quickstart: verifier pass rate per round")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def print_summary(report: dict, console=None) -> None:

@@ -2,7 +2,7 @@
 
 Usage:
     python -m autoif_train.train --config recipes/tiny/sft.yaml [--field value ...]
-    autoif train --config recipes/tiny/online_dpo.yaml
+    autoif train recipes/tiny/online_dpo.yaml --num_rounds 2      # `autoif train --help`: the fields by stage
     accelerate launch --config_file accelerate_configs/cpu_zero3.yaml -m autoif_train.train --config RECIPE.yaml
     ./launch.sh recipes/qwen2-7b/online_dpo.yaml          # multi-GPU, accelerate config from the recipe
 
@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from autoif_train.configs import parse_train_args
+from autoif_train.core.errors import run_command
+from autoif_train.resources import resolve_shipped
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ def _checkpoint_to_resume(training_args) -> str | None:
 
     if training_args.resume_from_checkpoint:
         return training_args.resume_from_checkpoint
-    import os
 
     return get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
 
@@ -101,12 +101,29 @@ def train_offline(script_args, training_args, model_args) -> TrainResult:
     return TrainResult(script_args.stage, training_args.output_dir, metrics=dict(output.metrics))
 
 
-def _repo_relative(path: str | None) -> str | None:
-    """Recipes name bundled data as `verifiers/...`: fall back to the checkout root when the cwd lacks the path."""
-    if not path or os.path.isabs(path) or os.path.exists(path):
-        return path
-    candidate = Path(__file__).resolve().parent.parent / path
-    return str(candidate) if candidate.exists() else path
+def preflight_plan(script_args, training_args, model_args) -> None:
+    """`autoif plan`'s check before any weights load: refuse a recipe over the GPU memory budget unless `force`.
+
+    Runs on GPU machines (the visible GPU's memory) or when `plan_gpu_memory` is given; every rank reaches the
+    same verdict. A model whose config the planner cannot find is reported and not checked."""
+    import torch
+
+    from autoif_train.planning.inputs import check_fits, parse_memory, require_fit
+    from autoif_train.planning.model_shape import PlanInputError
+
+    if script_args.plan_gpu_memory is None and not torch.cuda.is_available():
+        logger.info("memory plan: no GPU, not checked (plan_gpu_memory: 80GB checks a GPU budget)")
+        return
+    memory = parse_memory(script_args.plan_gpu_memory) if script_args.plan_gpu_memory else None
+    try:
+        plan = check_fits(script_args, training_args, model_args, gpu_memory=memory)
+    except PlanInputError as err:
+        logger.warning("memory plan: not checked: %s", err)
+        return
+    require_fit(plan, force=script_args.force)
+    peak = max(plan.peak(phase) for phase in plan.phases)
+    logger.info("memory plan: %s: peak %.1f of %.1f GiB per GPU", "fits" if plan.fits else "DOES NOT FIT (--force)",
+                peak / 2**30, plan.budget / 2**30)
 
 
 def main(script_args, training_args, model_args) -> TrainResult:
@@ -118,9 +135,10 @@ def main(script_args, training_args, model_args) -> TrainResult:
         raise RecipeError("the recipe needs `dataset_path` (training data file, folder or hub id)")
     if not model_args.model_name_or_path:
         raise RecipeError("the recipe needs `model_name_or_path` (a local folder, hub id or embedded model name)")
-    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)
+    model_args.model_name_or_path = resolve_model(model_args.model_name_or_path)  # checks a local folder exists
     for name in ("dataset_path", "eval_dataset_path", "verifier_bundle"):
-        setattr(script_args, name, _repo_relative(getattr(script_args, name)))
+        setattr(script_args, name, resolve_shipped(getattr(script_args, name)))  # `verifiers/...` in recipes
+    preflight_plan(script_args, training_args, model_args)
     if script_args.stage == "online_dpo":
         from autoif_train.training.online_dpo import run_online_dpo
 
@@ -134,20 +152,16 @@ def main(script_args, training_args, model_args) -> TrainResult:
     return train_offline(script_args, training_args, model_args)
 
 
-def cli(argv: list[str] | None = None):
-    import sys
-
-    from autoif_train.configs import RecipeError
-    from autoif_train.data.rows import DataError
-
+def _run(argv: list[str]) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        script_args, training_args, model_args = parse_train_args(argv)
-        main(script_args, training_args, model_args)
-    except (RecipeError, DataError) as err:
-        print(f"autoif train: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    script_args, training_args, model_args = parse_train_args(argv)
+    main(script_args, training_args, model_args)
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command("autoif train", _run, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    raise SystemExit(cli())

@@ -11,8 +11,8 @@ O.jsonl lines: {"id": str, "results": [true | false | null, ...], "pass_rate": f
 
 A result is true/false when `evaluate` returned a bool (or "true"/"false"), null on an exception, a timeout, a
 crash or any other value; pass_rate is the mean over the non-null results, 0.0 when all are null (scoring is the
-one path, `autoif_train.rewards.VerifierCodeReward`). All input is
-checked before anything runs (an error names file, line and field); the output appears only when complete.
+one path, `autoif_train.rewards.VerifierCodeReward`). All input is checked before anything runs (an error names
+file, line and field); the output appears only when complete.
 """
 
 from __future__ import annotations
@@ -23,48 +23,20 @@ import os
 import sys
 from pathlib import Path
 
+from autoif_train.core.errors import InputError, run_command
+from autoif_train.core.io import atomic_path, read_rows
 from autoif_train.rewards import VerifierCodeReward, is_verifier_code
-from autoif_train.sandbox import ISOLATION_MODES, IsolationUnavailable, VerifierPool, code_hash
-
-
-class InputError(ValueError):
-    """A malformed input line; the message names file, line and field."""
-
-
-def _read_jsonl(path: Path, fields: dict[str, type]) -> list[dict]:
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read: {e}") from e
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(row, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        for name, kind in fields.items():
-            if name not in row:
-                raise InputError(f"{path}:{lineno}: missing field {name!r}")
-            if not isinstance(row[name], kind):
-                raise InputError(f"{path}:{lineno}: field {name!r} must be {kind.__name__}, got "
-                                 f"{type(row[name]).__name__}")  # fmt: skip
-        row["_line"] = lineno
-        rows.append(row)
-    return rows
+from autoif_train.sandbox import ISOLATION_MODES, VerifierPool, code_hash
 
 
 def load_inputs(verifiers_path: Path, responses_path: Path) -> tuple[list[dict], list[list[str]]]:
     """Validate both files; returns the response rows and, per row, the verifier codes to run."""
     codes: dict[str, str] = {}
-    for row in _read_jsonl(verifiers_path, {"id": str, "code": str}):
+    for row in read_rows(verifiers_path, {"id": str, "code": str}):
         if row["id"] in codes:
-            raise InputError(f"{verifiers_path}:{row['_line']}: field 'id': duplicate verifier id {row['id']!r}")
+            raise row.where.error("id", f"duplicate verifier id {row['id']!r}")
         codes[row["id"]] = row["code"]
-    rows = _read_jsonl(responses_path, {"id": str, "response": str, "verifiers": list})
+    rows = read_rows(responses_path, {"id": str, "response": str, "verifiers": list})
     per_row = []
     for row in rows:
         resolved = []
@@ -74,8 +46,7 @@ def load_inputs(verifiers_path: Path, responses_path: Path) -> tuple[list[dict],
             elif isinstance(ref, str) and is_verifier_code(ref):
                 resolved.append(ref)
             else:
-                raise InputError(f"{responses_path}:{row['_line']}: field 'verifiers'[{j}]: unknown verifier id "
-                                 f"{ref!r} (not in {verifiers_path})")  # fmt: skip
+                raise row.where.error(f"verifiers[{j}]", f"unknown verifier id {ref!r} (not in {verifiers_path})")
         per_row.append(resolved)
     return rows, per_row
 
@@ -90,18 +61,15 @@ def main(
     progress: bool = True,
 ) -> dict:
     """Score every response; write O.jsonl atomically; return a summary (rows, calls, mean pass rate, disabled)."""
+    out = check_out_path(out)  # before scoring: a bad --out must not throw the finished scores away
     rows, per_row = load_inputs(Path(verifiers), Path(responses))
     with VerifierPool(workers=workers, timeout=timeout, isolation=isolation) as pool:
         scores = VerifierCodeReward(pool, progress=progress).score(per_row, [row["response"] for row in rows])
         disabled = dict(pool.disabled)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
     rates = scores.rates(0.0)
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row, results, rate in zip(rows, scores.results, rates):
             f.write(json.dumps({"id": row["id"], "results": results, "pass_rate": rate}) + "\n")
-    os.replace(tmp, out)
     names = {code_hash(c): ref for row, codes in zip(rows, per_row) for ref, c in zip(row["verifiers"], codes)}
     return {
         "rows": len(rows),
@@ -112,28 +80,52 @@ def main(
     }
 
 
+def check_out_path(out: str | Path) -> Path:
+    """`out` as a Path, after checking it can be written as a file (not a folder; its folder exists or can be made)."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(out, None, "out", "is a folder; give the output file, e.g. OUT/scores.jsonl")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(out, None, "out", f"cannot be written ({parent} is not a writable folder)")
+    return out
+
+
+def positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autoif verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--verifiers", required=True, help="JSONL of {id, code}")
     parser.add_argument("--responses", required=True, help="JSONL of {id, response, verifiers: [ids]}")
     parser.add_argument("--out", required=True, help="output JSONL of {id, results, pass_rate}")
-    parser.add_argument("--workers", type=int, default=2, help="sandbox worker processes (default 2)")
-    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per verifier call (default 1.0)")
+    parser.add_argument("--workers", type=positive(int), default=2, help="sandbox worker processes (default 2)")
+    parser.add_argument("--timeout", type=positive(float), default=1.0, help="seconds per verifier call (default 1.0)")
     parser.add_argument("--isolation", choices=ISOLATION_MODES, default="seccomp",
                         help="seccomp (default), bwrap, or none (rlimits only: explicit opt-out)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    try:
+
+    def run(argv: list[str]) -> int:
+        args = parser.parse_args(argv)
         summary = main(args.verifiers, args.responses, args.out, args.workers, args.timeout, args.isolation,
                        progress=not args.no_progress)  # fmt: skip
-    except (InputError, IsolationUnavailable) as e:
-        print(f"autoif verify: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    if summary["disabled_verifiers"]:
-        print(f"autoif verify: disabled after repeated timeouts/crashes: {summary['disabled_verifiers']}",
-              file=sys.stderr)  # fmt: skip
-    return 0
+        print(json.dumps(summary))
+        if summary["disabled_verifiers"]:
+            print(f"autoif verify: disabled after repeated timeouts/crashes: {summary['disabled_verifiers']}",
+                  file=sys.stderr)  # fmt: skip
+        return 0
+
+    return run_command("autoif verify", run, argv)
 
 
 if __name__ == "__main__":

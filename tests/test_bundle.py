@@ -198,17 +198,17 @@ def _with(**changes) -> dict:
 
 
 BAD_INSTRUCTIONS = {
-    "bad_json": ("{not json", "line 2: not valid JSON"),
-    "missing_category": (json.dumps(_with(category="")), "line 2: field 'category'"),
-    "one_verifier": (json.dumps(_with(verifiers=_good_instruction()["verifiers"][:1])), "line 2: field 'verifiers'"),
-    "few_cases": (json.dumps(_with(cases=_good_instruction()["cases"][:3])), "line 2: field 'cases'"),
+    "bad_json": ("{not json", ":2: not valid JSON"),
+    "missing_category": (json.dumps(_with(category="")), ":2: field 'category'"),
+    "one_verifier": (json.dumps(_with(verifiers=_good_instruction()["verifiers"][:1])), ":2: field 'verifiers'"),
+    "few_cases": (json.dumps(_with(cases=_good_instruction()["cases"][:3])), ":2: field 'cases'"),
     "one_sided_cases": (
         json.dumps(_with(cases=[{"input": str(i), "output": True} for i in range(6)])),
         "both true and false",
     ),
     "syntax_error": (
         json.dumps(_with(verifiers=[*_good_instruction()["verifiers"][:1], {"id": "x/v2", "code": "def evaluate(:"}])),
-        "line 2: verifiers[1] (x/v2): field 'code': syntax error",
+        ":2: verifiers[1] (x/v2): field 'code': syntax error",
     ),
     "no_evaluate": (
         json.dumps(_with(verifiers=[*_good_instruction()["verifiers"][:1], {"id": "x/v2", "code": "def f(r): 1"}])),
@@ -220,10 +220,10 @@ BAD_INSTRUCTIONS = {
         ),
         "same code twice",
     ),
-    "verifiers_not_a_list": (json.dumps(_with(verifiers=3)), "line 2: field 'verifiers' must be a list"),
+    "verifiers_not_a_list": (json.dumps(_with(verifiers=3)), ":2: field 'verifiers' must be a list"),
     "output_not_bool": (
         json.dumps(_with(cases=[{"input": "a", "output": "yes"}] + _good_instruction()["cases"])),
-        "line 2: cases[0]: needs 'input' (a string) and 'output' (true or false)",
+        ":2: cases[0]: needs 'input' (a string) and 'output' (true or false)",
     ),
 }
 
@@ -244,18 +244,18 @@ def test_bad_instruction_lines_name_file_line_and_field(tmp_path, name):
 def test_duplicate_instruction_and_verifier_ids_are_reported(tmp_path):
     path = tmp_path / "instructions.jsonl"
     path.write_text(json.dumps(_good_instruction()) + "\n\n" + json.dumps(_good_instruction()) + "\n")
-    with pytest.raises(B.BundleError, match=r"line 3: field 'id': duplicate id 'no_commas' \(first on line 1\)"):
+    with pytest.raises(B.BundleError, match=r":3: field 'id': duplicate id 'no_commas' \(first on line 1\)"):
         B.load_instructions(path)
 
 
 @pytest.mark.parametrize(
     "row, expected",
     [
-        ({"id": "q1", "query": "too short"}, "line 2: field 'query' is 9 characters"),
-        ({"id": "q1", "query": "x" * 201}, "line 2: field 'query' is 201 characters"),
-        ({"id": "q0", "query": "Another question that is long enough?"}, "line 2: field 'id': duplicate id 'q0'"),
-        ({"id": "q1", "query": "  how do I keep basil ALIVE indoors?"}, "line 2: field 'query': duplicate of"),
-        ({"query": "A question without any id at all?"}, "line 2: field 'id'"),
+        ({"id": "q1", "query": "too short"}, ":2: field 'query' is 9 characters"),
+        ({"id": "q1", "query": "x" * 201}, ":2: field 'query' is 201 characters"),
+        ({"id": "q0", "query": "Another question that is long enough?"}, ":2: field 'id': duplicate id 'q0'"),
+        ({"id": "q1", "query": "  how do I keep basil ALIVE indoors?"}, ":2: field 'query': duplicate of"),
+        ({"query": "A question without any id at all?"}, ":2: field 'id'"),
     ],
 )
 def test_bad_query_lines_name_file_line_and_field(tmp_path, row, expected):
@@ -273,5 +273,5 @@ def test_a_bad_edit_loses_no_derived_file(bundle_copy, capsys):
     with (bundle_copy / "queries.jsonl").open("a") as f:
         f.write('{"id": "q9999", "query": "short"}\n')
     assert B.cli(["--dir", str(bundle_copy)]) == 1
-    assert "queries.jsonl line" in capsys.readouterr().err
+    assert "queries.jsonl:" in capsys.readouterr().err
     assert {name: (bundle_copy / name).read_text() for name in B.DERIVED_FILES} == before

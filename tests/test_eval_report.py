@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from autoif_train.evaluation.report import load_results, markdown_table, record_round, write_report
+from autoif_train.evaluation.report import load_results, markdown_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,11 +38,3 @@ def test_corrupt_results_file_is_a_clear_error_and_is_kept(tmp_path):
     with pytest.raises(ValueError, match=r"results\.json: not valid JSON"):
         write_report(tmp_path, {"a": {"verifiers": {"pass_rate": 0.1}}})
     assert (tmp_path / "results.json").read_text() == "{not json"
-
-
-def test_record_round_appends_and_plots(tmp_path):
-    for i, rate in enumerate([0.2, 0.35, 0.5]):
-        record_round(tmp_path, i, {"pass_rate": rate})
-    rows = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
-    assert rows == [{"round": 0, "pass_rate": 0.2}, {"round": 1, "pass_rate": 0.35}, {"round": 2, "pass_rate": 0.5}]
-    assert (tmp_path / "rounds.png").read_bytes()[:8] == PNG_MAGIC

@@ -152,12 +152,12 @@ def test_ifbench_missing_nltk_data_is_a_clear_error(tmp_path):
     "line2, message",
     [
         ('{"key": 2, "prompt": "p", "instruction_id_list": ["no:such"], "kwargs": [{}]}',
-         r"x\.jsonl line 2: field 'instruction_id_list'.*no:such"),
+         r"x\.jsonl:2: field 'instruction_id_list'.*no:such"),
         ('{"key": 2, "prompt": "p", "instruction_id_list": ["punctuation:no_comma"]}',
-         r"x\.jsonl line 2: missing field 'kwargs'"),
+         r"x\.jsonl:2: field 'kwargs': missing"),
         ('{"key": 2, "prompt": "p", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}, {}]}',
-         r"x\.jsonl line 2: field 'kwargs' must be a list of 1"),
-        ('{"key": 2, "prompt": ', r"x\.jsonl line 2: not valid JSON"),
+         r"x\.jsonl:2: field 'kwargs': must be a list of 1"),
+        ('{"key": 2, "prompt": ', r"x\.jsonl:2: not valid JSON"),
     ],
 )
 def test_bad_ifeval_rows_name_file_line_and_field(tmp_path, line2, message):

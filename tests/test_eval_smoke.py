@@ -67,6 +67,6 @@ def test_bad_benchmark_name_fails_before_loading_models(tmp_path):
 def test_bad_data_row_fails_before_generation(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"key": 1, "prompt": "p", "instruction_id_list": ["nope"], "kwargs": [{}]}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl line 1: field 'instruction_id_list'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: field 'instruction_id_list'"):
         main(["/nonexistent-model"], ["ifeval"], str(tmp_path / "out"), data=str(bad))
     assert not (tmp_path / "out").exists()

@@ -55,7 +55,7 @@ def test_limit_and_missing_ids_are_reported(prompt_file, tmp_path):
     assert [r.id for r in load_verifier_prompts(prompt_file, limit=2)] == ["a", "b"]
     (tmp_path / "bad").mkdir()
     bad = _write(tmp_path / "bad" / "p.jsonl", [{"id": "x", "prompt": "p", "verifiers": ["nope/v1"]}])
-    with pytest.raises(ValueError, match=r"p\.jsonl row 1: unknown verifier id 'nope/v1'"):
+    with pytest.raises(ValueError, match=r"p\.jsonl:1: field 'verifiers\[0\]': unknown verifier id 'nope/v1'"):
         load_verifier_prompts(bad)
 
 

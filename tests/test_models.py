@@ -30,8 +30,16 @@ def test_unknown_model_names_the_closest_and_the_available_ones():
 
 
 def test_resolve_model_leaves_paths_and_hub_ids_alone(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path)) == str(tmp_path)
     assert resolve_model("Qwen/Qwen2-7B") == "Qwen/Qwen2-7B"
+
+
+def test_missing_local_model_folder_is_named_before_loading(tmp_path):
+    from autoif_train.core.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match=f"^model folder not found: {tmp_path}/nope$"):
+        resolve_model(str(tmp_path / "nope"))
 
 
 def test_cache_root_follows_autoif_cache(monkeypatch, tmp_path):

@@ -27,7 +27,7 @@ from autoif_train.planning import (
     require_fit,
     resolve_shape,
 )
-from autoif_train.planning.memory import activation_bytes, deepspeed_gpu_bytes, zero_gpu_bytes_formula
+from autoif_train.planning.memory import activation_bytes, deepspeed_gpu_bytes, plan_memory, zero_gpu_bytes_formula
 from autoif_train.planning.model_shape import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,7 +231,7 @@ def test_check_fits_reads_the_accelerate_launch_environment(monkeypatch):
     ([str(RECIPES / "synth" / "quickstart.yaml")], "not a training recipe"),
     ([str(RECIPES / "tiny" / "sft.yaml")], "no config.json for model 'outputs/tiny-llama'"),
     ([str(RECIPES / "llama3-8b" / "online_dpo.yaml"), "--accelerate-config", "zero9"], "accelerate config not found"),
-    ([str(RECIPES / "llama3-8b" / "online_dpo.yaml"), "--num_sample", "3"], "unknown key 'num_sample'"),
+    ([str(RECIPES / "llama3-8b" / "online_dpo.yaml"), "--num_sample", "3"], "field 'num_sample': unknown key"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, capsys):
     assert plan_cli(argv) == 2
@@ -251,3 +251,42 @@ def test_memory_sizes_read_as_gib():
     assert parse_memory("141G") == 141 * GiB
     with pytest.raises(PlanInputError):
         parse_memory("-3GB")
+
+
+# ----- the pre-flight check in `autoif train` ----------------------------------------------------------------------
+def test_train_refuses_a_recipe_over_the_gpu_budget_before_loading_weights(tiny_model_dir, tmp_path):
+    """`autoif train` plans first: 1 MiB per GPU cannot hold even the tiny model, so it exits 2 in one line with
+    the breaking term and `--force`, before any weights load (no output folder); `--force` starts anyway."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "autoif_train.cli", "train", "--config", str(RECIPES / "tiny" / "sft.yaml"),
+            "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--plan_gpu_memory", "1MB",
+            "--max_steps", "1"]
+    proc = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "does not fit" in errors[0] and "--force" in errors[0]
+    assert "Traceback" not in proc.stderr and not out.exists()
+    forced = subprocess.run(base + ["--force", "true"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "DOES NOT FIT (--force)" in forced.stderr and (out / "model.safetensors").exists()
+
+
+def test_weight_sync_is_planned_in_buckets_at_70b():
+    """723 per-tensor gathers at 70B become ~263 with the default 512 MiB buckets; the sync term is one bucket (or
+    the embedding, when larger), plus one merged module under LoRA, never the whole model."""
+    from autoif_train.planning.memory import Settings
+    from autoif_train.planning.report import sync_gathers
+
+    shape = resolve_shape("meta-llama/Meta-Llama-3-70B")
+    settings = Settings(stage="online_dpo", weight_bytes=2, use_vllm=True)
+    assert sync_gathers(shape, replace(settings, vllm_sync_bucket_mb=0)) == 723
+    assert sync_gathers(shape, settings) == -(-2 * shape.total_params // (512 * 2**20))
+    hw = Hardware(nodes=8, gpus_per_node=8, gpu_memory=80 * GiB, distributed="deepspeed", zero_stage=3)
+    for peft, expected in ((False, 2 * shape.embedding_params), (True, 4 * shape.embedding_params)):
+        plan = plan_memory(shape, replace(settings, use_peft=peft), hw)
+        term = next(t for t in plan.terms if t.name.startswith("weight sync"))
+        assert term.bytes == max(512 * 2**20, 2 * shape.embedding_params) + (expected - 2 * shape.embedding_params)
+        assert term.bytes < 2 * shape.total_params / 25  # a few GiB, not the 131 GiB model

@@ -31,19 +31,21 @@ def test_shipped_prompts_resolve_bundle_ids_and_keep_extras():
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"id": "x", "prompt": "hi"}, "row 2: missing field 'verifiers'"),
-        ({"id": "x", "prompt": "hi", "verifiers": []}, "row 2: missing field 'verifiers'"),
-        ({"id": "x", "verifiers": ["def evaluate(response):\n    return True"]}, "row 2: missing field 'prompt'"),
-        ({"prompt": "hi", "verifiers": ["def evaluate(response):\n    return True"]}, "row 2: missing field 'id'"),
-        ({"id": "x", "prompt": "hi", "verifiers": ["nope/v9"]}, "row 2: unknown verifier id 'nope/v9'"),
+        ({"id": "x", "prompt": "hi"}, "prompts.jsonl:3: field 'verifiers': missing"),
+        ({"id": "x", "prompt": "hi", "verifiers": []}, "prompts.jsonl:3: field 'verifiers': missing"),
+        ({"id": "x", "verifiers": ["def evaluate(response):\n    return True"]}, ":3: field 'prompt': missing"),
+        ({"prompt": "hi", "verifiers": ["def evaluate(response):\n    return True"]}, ":3: field 'id': missing"),
+        ({"id": "x", "prompt": "hi", "verifiers": ["nope/v9"]}, ":3: field 'verifiers\\[0\\]': unknown verifier id 'nope/v9'"),
         ({"id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-          "verifiers": ["even_length/v1"]}, "row 2: field 'messages' must end before the assistant turn"),
-        ({"id": "ok", "prompt": "hi", "verifiers": ["even_length/v1"]}, "row 2: duplicate id 'ok'"),
+          "verifiers": ["even_length/v1"]}, ":3: field 'messages': must end before the assistant turn"),
+        ({"id": "ok", "prompt": "hi", "verifiers": ["even_length/v1"]}, ":3: field 'id': duplicate id 'ok'"),
     ],
 )
-def test_bad_prompt_rows_name_file_and_row(tmp_path, row, message):
+def test_bad_prompt_rows_name_file_and_line(tmp_path, row, message):
+    """The location is the real line number: the blank line between the two rows is counted."""
     good = {"id": "ok", "prompt": "hello", "verifiers": ["even_length/v1"]}
-    path = _write(tmp_path / "prompts.jsonl", [good, row])
+    path = str(tmp_path / "prompts.jsonl")
+    Path(path).write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")
     with pytest.raises(DataError, match=message) as err:
         load_prompt_rows(path, bundle_path=str(DATA / "functions.jsonl"))
     assert path in str(err.value)
@@ -56,11 +58,11 @@ def test_unknown_id_without_bundle_says_so(tmp_path):
 
 
 def test_missing_file_and_bad_json(tmp_path):
-    with pytest.raises(DataError, match="dataset file not found: .*nothere.jsonl"):
+    with pytest.raises(DataError, match="nothere.jsonl: file not found"):
         load_prompt_rows(str(tmp_path / "nothere.jsonl"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a"}\n{not json\n')
-    with pytest.raises(DataError, match="bad.jsonl line 2: not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl:2: not valid JSON"):
         load_sft_rows(str(bad))
 
 
@@ -68,8 +70,8 @@ def test_sft_and_dpo_rows_validated(tmp_path):
     assert len(load_sft_rows(str(DATA / "sft_tiny.jsonl"))) == 8
     assert len(load_dpo_rows(str(DATA / "dpo_tiny.jsonl"))) == 8
     no_assistant = _write(tmp_path / "s.jsonl", [{"messages": [{"role": "user", "content": "q"}]}])
-    with pytest.raises(DataError, match="row 1: field 'messages' has no assistant turn"):
+    with pytest.raises(DataError, match="s.jsonl:1: field 'messages': has no assistant turn"):
         load_sft_rows(no_assistant)
     no_rejected = _write(tmp_path / "d.jsonl", [{"prompt": "q", "chosen": "a"}])
-    with pytest.raises(DataError, match="d.jsonl row 1: missing field 'rejected'"):
+    with pytest.raises(DataError, match="d.jsonl:1: field 'rejected': missing"):
         load_dpo_rows(no_rejected)

@@ -62,7 +62,7 @@ def test_unknown_recipe_key_is_an_error_naming_it(tiny_model_dir, tmp_path, caps
     code = quickstart.cli(["--out", str(tmp_path / "q"), "--model", str(tiny_model_dir), "--num_roundz", "1"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "unknown key 'num_roundz'" in err and "did you mean 'num_rounds'" in err
+    assert "field 'num_roundz': unknown key" in err and "did you mean 'num_rounds'" in err
     assert not (tmp_path / "q" / "report.json").exists()
 
 

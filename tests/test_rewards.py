@@ -28,8 +28,9 @@ from autoif_train.rewards import (
     check_rows,
     verifier_problem,
 )
-from autoif_train.rewards.spread import host_pool_settings, score_spread, share
+from autoif_train.rewards.spread import score_spread, share
 from autoif_train.sandbox import VerifierPool
+from autoif_train.sandbox.settings import host_pool_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOWER = "def evaluate(response):\n    return response == response.lower()\n"
@@ -154,7 +155,7 @@ def test_combined_rewards_weight_and_skip(pool):
     # row 0: lower passes (1.0 x 3), too long (0.0 x 1) -> 0.75; row 1 verifier only; row 2 length only; row 3 unscored
     assert scores.pass_rates == [0.75, 1.0, 1.0, None]
     assert scores.results == [[True, False], [True], [True], [None]]
-    with pytest.raises(RewardError, match="row 2.*no field"):
+    with pytest.raises(RewardError, match=r"^f.jsonl:2: field 'verifiers': missing: no field"):
         check_rows(build_reward(["verifier_code"], pool=pool), [{"verifiers": [LOWER]}, {"id": "x"}], "f.jsonl")
     with pytest.raises(RewardError, match="unknown reward"):
         build_reward(["nope"])
@@ -234,9 +235,9 @@ def test_ifeval_checkers_fraction_of_constraints_by_construction(checkers):
 
 
 def test_ifeval_checkers_reproduce_the_evaluation(checkers, ifeval_path):
-    from autoif_train.evaluation.instruction_following import build_benchmark, read_jsonl
+    from autoif_train.evaluation.instruction_following import build_benchmark, read_benchmark_rows
 
-    bench = build_benchmark("ifeval", read_jsonl(ifeval_path), str(ifeval_path),
+    bench = build_benchmark("ifeval", read_benchmark_rows(ifeval_path), str(ifeval_path),
                             "if_verifiable.ifeval.instructions_registry", limit=40)
     canned = ["hello world", "HELLO WORLD. THIS IS ALL CAPS", "*highlighted section* and *another one* here",
               '{"answer": "json"}', "Title <<poem of joy>>\n\nP.S. bye", "word " * 400, ""]
@@ -250,7 +251,7 @@ def test_ifeval_checkers_reproduce_the_evaluation(checkers, ifeval_path):
     assert 0 < sum(scores.pass_rates) < len(rows)  # the canned responses pass some constraints, not all
 
 
-def test_prompt_rows_with_constraints_and_errors_name_file_row_and_field(tmp_path, pool):
+def test_prompt_rows_with_constraints_and_errors_name_file_line_and_field(tmp_path, pool):
     from autoif_train.data.rows import DataError, load_prompt_rows
 
     path = tmp_path / "p.jsonl"
@@ -260,14 +261,14 @@ def test_prompt_rows_with_constraints_and_errors_name_file_row_and_field(tmp_pat
     both = build_reward(["verifier_code", "ifeval_checkers"], pool=pool)
     check_rows(both, rows, str(path))
     assert both.score(rows, ["hi there", "Hi"]).pass_rates == [1.0, 0.0]
-    with pytest.raises(RewardError, match=r"p.jsonl row 1 \(id 'a'\): no field .*ifeval_checkers"):
+    with pytest.raises(RewardError, match=r"p.jsonl:1: field 'verifiers': missing: no field .*ifeval_checkers"):
         check_rows(build_reward(["verifier_code"], pool=pool), rows, str(path))
     bad = dict(LOWER_NO_COMMA, id="c", prompt="x", instruction_id_list=["change_case:english_lowercase", "nope:x"])
-    path.write_text("".join(json.dumps(r) + "\n" for r in [*good, bad]))
-    with pytest.raises(RewardError, match=r"row 3 \(id 'c'\): field 'instruction_id_list': unknown constraint.*nope"):
+    path.write_text("".join(json.dumps(r) + "\n" for r in good) + "\n" + json.dumps(bad) + "\n")  # a blank line 3
+    with pytest.raises(RewardError, match=r"p.jsonl:4: field 'instruction_id_list': unknown constraint.*nope"):
         check_rows(both, load_prompt_rows(str(path)), str(path))
     path.write_text(json.dumps({"id": "d", "prompt": "x"}) + "\n")
-    with pytest.raises(DataError, match="row 1: missing field 'verifiers'.*instruction_id_list"):
+    with pytest.raises(DataError, match=r"p.jsonl:1: field 'verifiers': missing .*instruction_id_list"):
         load_prompt_rows(str(path))
 
 
@@ -276,16 +277,16 @@ def test_train_refuses_an_unscorable_row_before_loading_a_model(tmp_path, capsys
 
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(dict(LOWER_NO_COMMA, id="a", prompt="x")) + "\n")
+    model = tmp_path / "unloadable"  # passes the model-folder check; loading it would fail
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     args = ["--config", str(ROOT / "recipes" / "tiny" / "online_dpo.yaml"), "--dataset_path", str(path),
-            "--model_name_or_path", str(tmp_path / "no-model"), "--output_dir", str(tmp_path / "run")]
-    with pytest.raises(SystemExit) as info:
-        cli(args)
-    assert info.value.code == 2
+            "--model_name_or_path", str(model), "--output_dir", str(tmp_path / "run")]
+    assert cli(args) == 2
     err = capsys.readouterr().err
-    assert f"{path} row 1 (id 'a'): no field" in err and "ifeval_checkers" in err and "Traceback" not in err
-    with pytest.raises(SystemExit):
-        cli([*args, "--rewards", "verifier_code", "nope"])
-    assert "unknown reward" in capsys.readouterr().err
+    assert f"{path}:1: field 'verifiers': missing: no field" in err and "ifeval_checkers" in err and "Traceback" not in err
+    assert cli([*args, "--rewards", "verifier_code", "nope"]) == 2
+    assert "field 'rewards': unknown reward" in capsys.readouterr().err
 
 
 def test_llm_judge_reward_parses_scores_and_leaves_unparseable_unscored():

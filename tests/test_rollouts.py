@@ -197,6 +197,26 @@ def test_round_records_exclude_truncated_and_unscored_samples(eot_model_dir, tmp
     assert rec["mean_completion_tokens"] == pytest.approx(sum(s["num_tokens"] for s in samples) / 36)
 
 
+def test_overlength_prompts_are_skipped_and_counted(tiny_model_dir, tmp_path):
+    """A prompt longer than the model's positions (512) leaves the round running: skipped on every rank, counted in
+    the round's plan and record, never sampled; the held-out set skips it too."""
+    long_prompt = "tell me about the sea and the sky " * 120
+    rows = [{"id": f"q{i}", "prompt": f"Write a short poem about the sea {i}.", "verifiers": [LONG_PASSES]}
+            for i in range(3)]
+    rows.insert(1, {"id": "long", "prompt": long_prompt, "verifiers": [LONG_PASSES]})
+    prompts = _write_prompts(tmp_path / "prompts.jsonl", rows)
+    out = tmp_path / "run"
+    args = parse_recipe(str(RECIPE), [
+        "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--dataset_path", str(prompts),
+        "--num_rounds", "1", "--prompts_per_round", "4", "--num_samples", "2", "--max_new_tokens", "8"])
+    result = train_main(*args)
+    folder = out / "rounds" / "round_0000"
+    plan = json.loads((folder / "plan.json").read_text())
+    assert plan["overlength_prompts"] == 1 and plan["prompt_end"] == 4 and plan["prompts"] == 4
+    assert {s["prompt_id"] for s in _jsonl(folder / "samples.jsonl")} == {"q0", "q1", "q2"}
+    assert result.rounds[0]["overlength_prompts"] == 1
+
+
 def _greedy_reference(model_dir: Path, rows: list[dict], max_new_tokens: int) -> list[str]:
     """Single-process greedy completions (top_k=1) of `rows`, one prompt at a time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -293,7 +293,7 @@ def test_bad_seed_file_and_unknown_recipe_key(tmp_path):
     with pytest.raises(SynthError, match=r"seeds.jsonl:2: not valid JSON"):
         instructions.inputs(make_ctx(tmp_path, seed_instructions=str(seeds)))
     seeds.write_text('{"instruction": "Use no commas."}\n{"text": "x"}\n')
-    with pytest.raises(SynthError, match=r"seeds.jsonl:2: missing field 'instruction'"):
+    with pytest.raises(SynthError, match=r"seeds.jsonl:2: field 'instruction': missing"):
         instructions.inputs(make_ctx(tmp_path, seed_instructions=str(seeds)))
     recipe = tmp_path / "r.yaml"
     recipe.write_text("backend: transformers\nverifier_sampels: 3\n")

@@ -96,7 +96,7 @@ def test_two_rounds_write_samples_scores_pairs_and_train(tiny_model_dir, tmp_pat
     assert all(torch.equal(last[k], after[k]) for k in after)
 
 
-def test_round_without_pairs_is_logged_and_skipped(tiny_model_dir, tmp_path, caplog):
+def test_round_without_pairs_is_logged_and_skipped(tiny_model_dir, tmp_path, caplog, capsys):
     out = tmp_path / "empty"
     with caplog.at_level("WARNING"):
         result = _run(tiny_model_dir, out, "--dataset_path", str(DATA / "online_prompts_always_pass.jsonl"),
@@ -115,6 +115,14 @@ def test_round_without_pairs_is_logged_and_skipped(tiny_model_dir, tmp_path, cap
     tags = {tag for acc in events for tag in acc.Tags()["scalars"]}
     assert {"train/round/pairs", "train/round/mean_pass_rate", "train/round/skipped_prompts"} <= tags, tags
 
+    # rerunning the finished run says so and trains nothing (no model load, no `train_loss 0` line)
+    capsys.readouterr()
+    again = _run(tiny_model_dir, out, "--dataset_path", str(DATA / "online_prompts_always_pass.jsonl"),
+                 "--prompts_per_round", "2", "--report_to", "tensorboard")
+    printed = capsys.readouterr()
+    assert f"all 2 rounds complete in {out}" in printed.out
+    assert "train_loss" not in printed.out + printed.err and again.rounds == result.rounds
+
 
 def test_use_vllm_without_vllm_is_a_clear_error():
     import importlib.util
@@ -132,7 +140,9 @@ def test_prompt_without_verifiers_fails_before_loading_a_model(tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text(json.dumps({"id": "a", "prompt": "hi", "verifiers": ["even_length/v1"]}) + "\n"
                    + json.dumps({"id": "b", "prompt": "hi"}) + "\n")
-    with pytest.raises(DataError, match=r"prompts.jsonl row 2: missing field 'verifiers'"):
+    (tmp_path / "no-model-needed").mkdir()
+    (tmp_path / "no-model-needed" / "config.json").write_text("{}")  # exists, never loaded
+    with pytest.raises(DataError, match=r"prompts.jsonl:2: field 'verifiers': missing"):
         _run(tmp_path / "no-model-needed", tmp_path / "o", "--dataset_path", str(bad),
              "--verifier_bundle", str(DATA / "functions.jsonl"))
     assert not (tmp_path / "o").exists()

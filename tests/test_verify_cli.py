@@ -70,12 +70,12 @@ def test_main_returns_disabled_verifiers(files):
     "which, line, message",
     [
         ("R", '{"id": "z", "response": "x", "verifiers": ["lower"]', "R.jsonl:3: not valid JSON"),
-        ("R", '{"id": "z", "verifiers": ["lower"]}', "R.jsonl:3: missing field 'response'"),
-        ("R", '{"id": "z", "response": 5, "verifiers": []}', "R.jsonl:3: field 'response' must be str"),
-        ("R", '{"id": "z", "response": "x", "verifiers": ["lowr"]}', "R.jsonl:3: field 'verifiers'[0]: unknown"),
+        ("R", '{"id": "z", "verifiers": ["lower"]}', "R.jsonl:3: field 'response': missing"),
+        ("R", '{"id": "z", "response": 5, "verifiers": []}', "R.jsonl:3: field 'response': must be str"),
+        ("R", '{"id": "z", "response": "x", "verifiers": ["lowr"]}', "R.jsonl:3: field 'verifiers[0]': unknown"),
         ("R", "[1, 2]", "R.jsonl:3: expected a JSON object"),
         ("V", '{"id": "lower", "code": "def evaluate(r):\\n    return True\\n"}', "V.jsonl:3: field 'id': duplicate"),
-        ("V", '{"id": "new"}', "V.jsonl:3: missing field 'code'"),
+        ("V", '{"id": "new"}', "V.jsonl:3: field 'code': missing"),
     ],
 )
 def test_malformed_input_names_file_line_and_field(files, capsys, which, line, message):

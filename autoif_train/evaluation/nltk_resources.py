@@ -20,6 +20,8 @@ import logging
 import os
 from pathlib import Path
 
+from autoif_train.core.errors import AutoIFError
+
 logger = logging.getLogger(__name__)
 
 PUNKT = "tokenizers/punkt_tab/english/"
@@ -33,7 +35,7 @@ EXTRA_RESOURCES: dict[str, tuple[str, str]] = {
 }
 
 
-class MissingCheckerData(RuntimeError):
+class MissingCheckerData(AutoIFError, RuntimeError):
     """Checker data (NLTK models/corpora) is missing and cannot be provided offline."""
 
 

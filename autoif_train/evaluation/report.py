@@ -1,17 +1,17 @@
-"""Evaluation outputs: `results.json` (merged across runs), a markdown table and a PNG bar chart per output folder,
-plus a per-round record (`rounds.jsonl` and `rounds.png`) for pass rates logged during online training.
+"""Evaluation outputs: `results.json` (merged across runs), a markdown table and a PNG bar chart per output folder.
 
 `results.json` maps model -> benchmark -> metrics (fractions in [0, 1]); a later run into the same folder adds or
 replaces models and keeps the others, so checkpoints evaluated one at a time still end up side by side. Files are
-written to a temporary name and renamed, so an interrupted write never leaves a truncated results file.
+written through `core.io` (temporary name, fsync, rename), so an interrupted write never leaves a truncated results file.
 Not protected against: two processes writing the same folder at once (the last writer wins).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from autoif_train.core.io import atomic_path, write_json, write_text
 
 # (benchmark, metric) columns shown in tables and charts, in order; other keys stay in results.json only.
 HEADLINE = {
@@ -19,12 +19,6 @@ HEADLINE = {
     "ifbench": ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"),
     "verifiers": ("pass_rate", "all_pass"),
 }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_results(out_dir: str | Path) -> dict:
@@ -84,7 +78,8 @@ def bar_chart(results: dict, path: str | Path, title: str = "Instruction followi
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -96,35 +91,8 @@ def write_report(out_dir: str | Path, new_results: dict) -> dict:
     merged = load_results(out)
     for model, per_model in new_results.items():
         merged.setdefault(model, {}).update(per_model)
-    _write_atomic(out / "results.json", json.dumps(merged, indent=2) + "\n")
-    _write_atomic(out / "results.md", markdown_table(merged))
+    write_json(out / "results.json", merged)
+    write_text(out / "results.md", markdown_table(merged))
     if columns(merged):
         bar_chart(merged, out / "results.png")
     return merged
-
-
-def record_round(out_dir: str | Path, round_index: int, metrics: dict) -> Path:
-    """Append one training round's metrics to `out_dir/rounds.jsonl` and redraw `rounds.png` (metric per round)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "rounds.jsonl"
-    with log.open("a") as f:
-        f.write(json.dumps({"round": int(round_index), **metrics}) + "\n")
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    names = sorted({k for r in rows for k, v in r.items() if k != "round" and isinstance(v, (int, float))})
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        points = sorted((r["round"], r[name]) for r in rows if isinstance(r.get(name), (int, float)))
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-    ax.set_xlabel("online DPO round")
-    ax.set_ylabel("held-out verifier pass rate")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "rounds.png", dpi=120)
-    plt.close(fig)
-    return log

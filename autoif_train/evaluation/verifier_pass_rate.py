@@ -14,13 +14,12 @@ end of a round with its in-memory policy. Not protected against: under ZeRO-3 th
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from autoif_train.data.rows import PromptRow, load_prompt_rows
+from autoif_train.resources import bundled
 from autoif_train.rewards import VerifierCodeReward
 
 KEPT_FIELDS = ("instruction_id", "category", "query_id", "query")  # copied into the per-prompt records
-DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "verifiers" / "heldout_prompts.jsonl"
+DEFAULT_PROMPTS = bundled("verifiers/heldout_prompts.jsonl")
 
 
 def load_verifier_prompts(

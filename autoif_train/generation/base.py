@@ -12,11 +12,13 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autoif_train.core.errors import AutoIFError
+
 Messages = list[dict[str, str]]
 Prompt = str | Messages
 
 
-class GenerationError(RuntimeError):
+class GenerationError(AutoIFError, RuntimeError):
     """A backend could not produce completions (bad model path, endpoint refused, retries exhausted, ...)."""
 
 

@@ -26,6 +26,7 @@ from autoif_train.generation.transformers_backend import sample_completions
 
 class PolicySampler(Protocol):
     stop_ids: list[int]
+    max_model_len: int | None  # prompt + completion positions the sampler can hold (None: unknown)
 
     def sample(self, prompt_ids: list[list[int]], num_samples: int) -> list[list[Completion]]: ...
 
@@ -52,6 +53,7 @@ class TransformersPolicy:
         model = trainer.accelerator.unwrap_model(trainer.model)
         self.stop_ids = end_of_turn_ids(self.tokenizer, getattr(model, "generation_config", None),
                                         config.stop_token_ids)
+        self.max_model_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
     def sync_weights(self) -> None:
         """Nothing to do: generation reads the trainer's live parameters."""

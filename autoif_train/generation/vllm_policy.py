@@ -1,10 +1,11 @@
 """vLLM policy sampling for the online-DPO trainer: colocate or server mode, weights pushed after each update.
 
 `VLLMPolicy` is the vLLM `PolicySampler` of `autoif_train.generation.policy`.
-It reuses TRL's `trl.generation.VLLMGeneration` for generation and weight sync: parameters are read one at a time
-under DeepSpeed ZeRO-3 `GatheredParameters` (so a rank never holds more than one full tensor beyond its shard),
-FSDP full tensors are materialised the same way, and a PEFT model is gathered whole, its adapters merged for the
-push and unmerged after. Every rank must call `sample` and `sync_weights` together (the gathers are collective).
+It reuses TRL's `trl.generation.VLLMGeneration` for generation and the push itself (colocate `load_weights`, the
+server's packed NCCL broadcast); the weights pushed come from `generation.weight_sync.named_weights`: ZeRO-3
+shards gathered `vllm_sync_bucket_mb` MiB per collective, LoRA merged one module at a time into copies (FSDP keeps
+TRL's iterators). Each push logs its seconds and gathers. Every rank must call `sample` and `sync_weights`
+together (the gathers are collective).
 
 What it changes on top of TRL: the colocated engine is built by `autoif_train.generation.vllm_engine` (TRL 1.16 exposes no
 `enforce_eager`; on CPU compiling the graphs takes ~4 minutes per start), with fp32 and a small memory share on
@@ -20,7 +21,9 @@ trainer also pushes weights into.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 from autoif_train.generation.base import Completion, vllm_kwargs
 from autoif_train.generation.chat import end_of_turn_ids, make_completion
@@ -34,13 +37,18 @@ from autoif_train.generation.vllm_engine import (
     wait_for_server,
 )
 
+logger = logging.getLogger(__name__)
+
 
 def _generation_class():
     """`VLLMGeneration` subclass whose colocated engine starts with our engine settings (imported lazily)."""
     from trl.generation.vllm_generation import VLLMGeneration
 
     class AutoIFVLLMGeneration(VLLMGeneration):
-        def __init__(self, *args, extra_engine_kwargs: dict | None = None, **kwargs):
+        def __init__(self, *args, extra_engine_kwargs: dict | None = None, sync_bucket_mb: float = 512.0,
+                     **kwargs):
+            self.sync_bucket_mb = sync_bucket_mb
+            self.gathers = 0
             self.extra_engine_kwargs = extra_engine_kwargs or {}
             super().__init__(*args, **kwargs)
 
@@ -97,6 +105,18 @@ def _generation_class():
                 self.llm.sleep(level=2)
             self._llm_weights_sleeping = self.enable_sleep_mode
             accelerator.wait_for_everyone()
+
+        def _iter_named_params(self):
+            if self._dist.is_fsdp:
+                yield from super()._iter_named_params()
+                return
+            from autoif_train.generation.weight_sync import named_weights
+
+            def gather(params):
+                self.gathers += 1
+                return self._dist.gather_params(params)
+
+            yield from named_weights(self.model, gather, self.sync_bucket_mb)
 
         def sync_weights(self):
             if self.mode == "server" and not getattr(self, "can_push_weights", True):
@@ -170,9 +190,10 @@ class VLLMPolicy:
             temperature=params.pop("temperature"), top_p=params.pop("top_p"), top_k=params.pop("top_k"),
             min_p=params.pop("min_p"), repetition_penalty=params.pop("repetition_penalty"),
             max_completion_length=params.pop("max_tokens"), logprobs=None, generation_kwargs=params,
-            extra_engine_kwargs=extra,
+            extra_engine_kwargs=extra, sync_bucket_mb=getattr(config, "vllm_sync_bucket_mb", 512.0),
         )
         self.syncs = 0
+        self.last_sync: dict = {}
 
     @property
     def max_model_len(self) -> int | None:
@@ -193,8 +214,12 @@ class VLLMPolicy:
 
     def sync_weights(self) -> None:
         """Push the trainer's current weights into vLLM (collective: every rank calls it)."""
+        t0, gathers = time.time(), self.generation.gathers
         self.generation.sync_weights()
         self.syncs += 1
+        self.last_sync = {"seconds": time.time() - t0, "gathers": self.generation.gathers - gathers}
+        logger.info("weight sync %d: %.2f s, %d gathers (vllm_sync_bucket_mb=%s)", self.syncs,
+                    self.last_sync["seconds"], self.last_sync["gathers"], self.generation.sync_bucket_mb)
 
     def sequence_logprobs(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
         """Log-probability vLLM assigns to each token of `completion_ids` after `prompt_ids` (colocate mode)."""

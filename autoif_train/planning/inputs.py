@@ -15,11 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from autoif_train.configs import RecipeError, parse_recipe, read_recipe
+from autoif_train.configs import RecipeError, parse_recipe
+from autoif_train.core.recipes import read_recipe
 from autoif_train.planning.memory import GiB, Hardware, Plan, Settings, plan_memory
 from autoif_train.planning.model_shape import PlanInputError, resolve_shape
+from autoif_train.resources import bundled
 
-REPO = Path(__file__).resolve().parent.parent.parent
 HALF_PRECISION = ("bfloat16", "bf16", "float16", "fp16", "half")
 
 
@@ -41,7 +42,7 @@ def parse_memory(text: str) -> int:
 
 def accelerate_config_path(name: str) -> Path:
     """A path, or a NAME under accelerate_configs/ (as launch.sh resolves it)."""
-    for candidate in (Path(name), REPO / "accelerate_configs" / f"{name.removesuffix('.yaml')}.yaml",
+    for candidate in (Path(name), bundled("accelerate_configs") / f"{name.removesuffix('.yaml')}.yaml",
                       Path("accelerate_configs") / f"{name.removesuffix('.yaml')}.yaml"):
         if candidate.is_file():
             return candidate
@@ -131,6 +132,7 @@ def settings_from_args(script_args, training_args, model_args, weight_bytes: int
         vllm_gpu_memory_utilization=get("vllm_gpu_memory_utilization", 0.3),
         vllm_enable_sleep_mode=get("vllm_enable_sleep_mode", False),
         vllm_max_model_length=get("vllm_max_model_length", None),
+        vllm_sync_bucket_mb=get("vllm_sync_bucket_mb", 512.0),
         generation_batch_size=get("generation_batch_size", 16), num_samples=get("num_samples", 8),
         max_new_tokens=get("max_new_tokens", 256), prompts_per_round=get("prompts_per_round", 64),
         max_chosen=get("max_chosen", 2), max_rejected=get("max_rejected", 2),
@@ -169,7 +171,7 @@ def plan_recipe(recipe_path: str, *, nodes: int | None = None, gpus_per_node: in
                 prompt_tokens: int = 256, margin: float = 0.05, overrides: list[str] | None = None,
                 gpu_tflops: float | None = None, hbm_tbps: float | None = None) -> Plan:
     """Plan a recipe file (what `autoif plan` prints). Flags left as None come from the recipe's accelerate config."""
-    raw = read_recipe(recipe_path)
+    raw = read_recipe(recipe_path).values
     if "stage" not in raw:
         raise PlanInputError(f"{recipe_path}: not a training recipe (no `stage:` key)")
     overrides = list(overrides or [])

@@ -14,7 +14,8 @@ both. The terms, per GPU (P parameters, N training GPUs, L largest layer, b byte
   and workspace. Sleep mode releases it during the train step. Server mode puts it on dedicated GPUs.
 - transformers sampling: ZeRO-3 gathers the full model on every rank (bP) plus the KV cache of
   generation_batch_size x num_samples x (prompt + max_new_tokens) x layers x 2 x kv_heads x head_dim x b.
-- weight sync (ZeRO-3 + vLLM): one gathered tensor at a time (the largest is the embedding); LoRA gathers all of it.
+- weight sync (ZeRO-3 + vLLM): one gathered bucket of `vllm_sync_bucket_mb` at a time, or the largest tensor (the
+  embedding) when that is bigger; LoRA adds the merged copy of one module (`generation.weight_sync`).
 - runtime overhead: CUDA context, NCCL buffers and allocator fragmentation, a flat 3 GiB.
 
 A plan fits when both phases stay under GPU memory minus the margin and the vLLM share holds its weights plus KV for
@@ -84,6 +85,7 @@ class Settings:
     vllm_gpu_memory_utilization: float = 0.3
     vllm_enable_sleep_mode: bool = False
     vllm_max_model_length: int | None = None
+    vllm_sync_bucket_mb: float = 512.0
     generation_batch_size: int = 16
     num_samples: int = 8
     max_new_tokens: int = 256
@@ -299,12 +301,14 @@ def sampling_terms(shape: ModelShape, s: Settings, hw: Hardware) -> tuple[list[T
         terms.append(Term(f"vLLM KV cache + workspace (rest of the {share:.2f} share)",
                           max(0, engine["reserved"] - engine["weights"]), phases))
     if hw.distributed == "deepspeed" and hw.zero_stage == 3:
+        largest = s.weight_bytes * shape.embedding_params
+        bucket = max(int(s.vllm_sync_bucket_mb * 2**20), largest)
         if s.use_peft:
-            terms.append(Term("weight sync: LoRA merge gathers the model", s.weight_bytes * shape.total_params,
-                              (SAMPLE,)))
+            terms.append(Term("weight sync: one bucket + a merged LoRA module", bucket + largest, (SAMPLE,),
+                              f"vllm_sync_bucket_mb {s.vllm_sync_bucket_mb:g}; one module merged at a time"))
         else:
-            terms.append(Term("weight sync: one gathered tensor", s.weight_bytes * shape.embedding_params, (SAMPLE,),
-                              "largest tensor (embedding)"))
+            terms.append(Term("weight sync: one gathered bucket", bucket, (SAMPLE,),
+                              f"vllm_sync_bucket_mb {s.vllm_sync_bucket_mb:g} or the embedding, the larger"))
     return terms, engine, problems
 
 

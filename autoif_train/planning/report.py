@@ -6,7 +6,8 @@ Round-time assumptions (rough, stated in the output):
   50% of HBM bandwidth for vLLM and 25% for transformers `generate`; prefill and TP all-reduces are ignored;
 - training runs at 40% of the GPU's dense bf16 peak, with 6P FLOPs per token for the policy, +2P for recomputation
   under gradient checkpointing and +2P for the reference forward;
-- the per-tensor weight sync costs ~1 ms per tensor plus the bf16 weights at 50 GB/s;
+- the weight sync costs ~1 ms per gather (one per `vllm_sync_bucket_mb` bucket, or per tensor at 0) plus the
+  16-bit weights at 50 GB/s;
 - scoring runs on CPU workers (not estimated here).
 """
 
@@ -22,6 +23,15 @@ SYNC_LATENCY_S, SYNC_BYTES_PER_S = 1e-3, 50e9
 
 def _gib(n: int) -> str:
     return f"{n / GiB:8.1f}"
+
+
+def sync_gathers(shape, s) -> int:
+    """Collective gathers per weight push: one per tensor at `vllm_sync_bucket_mb: 0`, else about one per bucket
+    (never more than one per tensor)."""
+    bucket = s.vllm_sync_bucket_mb * 2**20
+    if bucket <= 0:
+        return shape.num_tensors
+    return min(shape.num_tensors, max(1, math.ceil(s.weight_bytes * shape.total_params / bucket)))
 
 
 def _decode_seconds(weights_bytes: float, concurrent: int, ctx: float, kv_per_token: int, tokens: int,
@@ -48,9 +58,11 @@ def round_time(plan: Plan) -> list[str]:
                      f"sequences per engine, decode memory-bound at {VLLM_DECODE_EFFICIENCY:.0%} of "
                      f"{hw.hbm_tbps} TB/s")
         if hw.distributed == "deepspeed" and hw.zero_stage == 3:
-            sync_s = shape.num_tensors * SYNC_LATENCY_S + s.weight_bytes * p / SYNC_BYTES_PER_S
-            lines.append(f"weight sync{sync_s:8.0f} s  {shape.num_tensors} per-tensor gathers of "
-                         f"{s.weight_bytes * p / GiB:.0f} GiB (~1 ms each + 50 GB/s)")
+            gathers = sync_gathers(shape, s)
+            sync_s = gathers * SYNC_LATENCY_S + s.weight_bytes * p / SYNC_BYTES_PER_S
+            lines.append(f"weight sync{sync_s:8.0f} s  {gathers} gathers of {s.vllm_sync_bucket_mb:g} MiB buckets, "
+                         f"{s.weight_bytes * p / GiB:.0f} GiB (~1 ms each + 50 GB/s; per tensor: "
+                         f"{shape.num_tensors})")
     else:
         per_rank = math.ceil(s.prompts_per_round / world)
         batch = max(1, min(s.generation_batch_size, per_rank))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoif_train.data.rows import DataError
+from autoif_train.sandbox.settings import SandboxArgs
 
 SCORING_MODES = ("ranks", "main")
 
@@ -26,8 +27,8 @@ Result = bool | None
 
 
 class RewardError(DataError):
-    """A prompt row cannot be scored by the configured rewards, or a reward is misconfigured (names file, row,
-    field)."""
+    """A prompt row cannot be scored by the configured rewards (`FILE:LINE: field 'x': ...`), or a reward is
+    misconfigured (`field 'rewards': ...`)."""
 
 
 @dataclass
@@ -78,14 +79,14 @@ def row_field(row: Any, name: str, default: Any = None) -> Any:
 
 class Reward:
     """One reward. Subclasses set `name`, implement `applies(row)` and `score(rows, responses)`, and may implement
-    `check(row) -> problem or None` (run on every row before training) and `close()`."""
+    `check(row) -> (field, problem) or None` (run on every row before training) and `close()`."""
 
     name = ""
 
     def applies(self, row: Any) -> bool:
         raise NotImplementedError
 
-    def check(self, row: Any) -> str | None:
+    def check(self, row: Any) -> tuple[str | None, str] | None:
         return None
 
     def score(self, rows: Sequence[Any], responses: Sequence[str]) -> Scores:
@@ -106,23 +107,25 @@ class CombinedReward(Reward):
 
     def __init__(self, rewards: Sequence[Reward], weights: Sequence[float] | None = None):
         if not rewards:
-            raise RewardError("rewards: name at least one reward")
+            raise RewardError(None, None, "rewards", "name at least one reward")
         weights = list(weights) if weights is not None else [1.0] * len(rewards)
         if len(weights) != len(rewards) or any(w < 0 for w in weights) or not any(weights):
-            raise RewardError(f"reward_weights: need {len(rewards)} non-negative weights, not all 0, got {weights}")
+            raise RewardError(None, None, "reward_weights",
+                              f"need {len(rewards)} non-negative weights, not all 0, got {weights}")
         self.rewards, self.weights = list(rewards), weights
         self.name = "+".join(r.name for r in rewards)
 
     def applies(self, row: Any) -> bool:
         return any(r.applies(row) for r in self.rewards)
 
-    def check(self, row: Any) -> str | None:
+    def check(self, row: Any) -> tuple[str | None, str] | None:
         fitting = [r for r in self.rewards if r.applies(row)]
         if not fitting:
-            return (f"no field the configured rewards ({', '.join(r.name for r in self.rewards)}) score: needs "
-                    + " or ".join(REWARD_FIELDS[r.name] for r in self.rewards if r.name in REWARD_FIELDS)
-                    + "; other rewards: " + ", ".join(f"{n} ({f})" for n, f in REWARD_FIELDS.items()
-                                                      if n not in {r.name for r in self.rewards}))
+            names = {r.name for r in self.rewards}
+            return (REWARD_KEYS.get(self.rewards[0].name),
+                    f"missing: no field the configured rewards ({', '.join(r.name for r in self.rewards)}) score; "
+                    "needs " + " or ".join(REWARD_FIELDS[r.name] for r in self.rewards if r.name in REWARD_FIELDS)
+                    + "; other rewards: " + ", ".join(f"{n} ({f})" for n, f in REWARD_FIELDS.items() if n not in names))
         for r in fitting:
             problem = r.check(row)
             if problem:
@@ -160,6 +163,7 @@ REWARD_FIELDS = {
     "ifeval_checkers": "'instruction_id_list' + 'kwargs' (IFEval / IFBench constraint ids)",
     "llm_judge": "'prompt' (any row)",
 }
+REWARD_KEYS = {"verifier_code": "verifiers", "ifeval_checkers": "instruction_id_list", "llm_judge": "prompt"}
 REWARDS = tuple(REWARD_FIELDS)  # the names recipes may give in `rewards:`
 
 
@@ -185,28 +189,35 @@ def build_reward(names: Sequence[str] = ("verifier_code",), weights: Sequence[fl
             judge = options.get("judge")
             if judge is None:
                 if not options.get("judge_model"):
-                    raise RewardError("rewards: llm_judge needs judge_model (a model path, hub id or endpoint model)")
+                    raise RewardError(None, None, "judge_model",
+                                      "the llm_judge reward needs one (a model path, hub id or endpoint model)")
                 from autoif_train.generation import build_generator
 
                 judge = build_generator(options.get("judge_backend", "transformers"), options["judge_model"])
             rewards.append(LLMJudgeReward(judge, threshold=options.get("judge_threshold", 8.0)))
         else:
-            raise RewardError(f"rewards: unknown reward {name!r}; known: {', '.join(REWARDS)}")
+            raise RewardError(None, None, "rewards", f"unknown reward {name!r}; known: {', '.join(REWARDS)}")
     return CombinedReward(rewards, weights)
 
 
-def check_rows(reward: Reward, rows: Sequence[Any], where: str) -> None:
-    """Raise `RewardError` naming `where`, the row (1-based) and the field of the first row `reward` cannot score."""
+def check_rows(reward: Reward, rows: Sequence[Any], path: str) -> None:
+    """Raise `RewardError` (`FILE:LINE: field 'x': ...`) for the first row `reward` cannot score. FILE and LINE are
+    where the row was read (`core.io`: a `PromptRow`'s or `Row`'s `where`); rows built in memory are named by
+    `path` and their 1-based position."""
     for n, row in enumerate(rows, start=1):
         problem = reward.check(row)
         if problem:
-            rid = row_field(row, "id")
-            raise RewardError(f"{where} row {n}" + (f" (id {rid!r})" if rid else "") + f": {problem}")
+            field_name, message = problem
+            where = getattr(row, "where", None)
+            if where is None or where.path == "<memory>":
+                raise RewardError(path, n, field_name, message)
+            raise RewardError(where.path, where.line, field_name, message)
 
 
 @dataclass
-class RewardFields:
-    """The reward recipe keys shared by the online-DPO and GRPO configs."""
+class RewardFields(SandboxArgs):
+    """The reward recipe keys shared by the online-DPO and GRPO configs (the verifier pool's keys, `verifier_workers`,
+    `verifier_timeout`, `isolation`, are `SandboxArgs`')."""
 
     rewards: list[str] = field(
         default_factory=lambda: ["verifier_code"],
@@ -215,11 +226,6 @@ class RewardFields:
         default=None, metadata={"help": "One weight per reward (default: equal); pass rate = weighted mean."})
     reward_scoring: str = field(
         default="ranks", metadata={"help": "ranks (every rank scores an equal share in its own pool) | main."})
-    verifier_workers: int = field(
-        default=0, metadata={"help": "Sandboxed verifier workers per rank; 0 = the host's cores shared by its ranks."})
-    verifier_timeout: float = field(
-        default=1.0, metadata={"help": "Seconds per verifier call (stretched when the host is oversubscribed)."})
-    isolation: str = field(default="seccomp", metadata={"help": "seccomp | bwrap | none (unsafe)."})
     judge_model: str | None = field(default=None, metadata={"help": "llm_judge reward: the judge model."})
     judge_backend: str = field(default="transformers", metadata={"help": "llm_judge reward: transformers | vllm | "
                                                                           "openai."})
@@ -231,18 +237,20 @@ class RewardFields:
                 "judge_threshold": self.judge_threshold}
 
     def check_reward_fields(self) -> None:
-        """Raise `RewardError` for an unknown reward name, mismatched weights or scoring mode."""
+        """Raise `RewardError` naming the field for an unknown reward name, mismatched weights or scoring mode."""
         if isinstance(self.rewards, str):
             self.rewards = [self.rewards]
         unknown = [n for n in self.rewards if n not in REWARDS]
         if not self.rewards or unknown:
-            raise RewardError(f"rewards: unknown reward(s) {unknown}; known: {', '.join(REWARDS)}")
+            raise RewardError(None, None, "rewards", f"unknown reward(s) {unknown}; known: {', '.join(REWARDS)}")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
-            raise RewardError(f"reward_weights: {len(self.reward_weights)} weights for {len(self.rewards)} rewards")
+            raise RewardError(None, None, "reward_weights",
+                              f"{len(self.reward_weights)} weights for {len(self.rewards)} rewards")
         if "llm_judge" in self.rewards and not self.judge_model:
-            raise RewardError("rewards: llm_judge needs judge_model")
+            raise RewardError(None, None, "judge_model", "the llm_judge reward needs one")
         if self.reward_scoring not in SCORING_MODES:
-            raise RewardError(f"reward_scoring must be one of {SCORING_MODES}, got {self.reward_scoring!r}")
+            raise RewardError(None, None, "reward_scoring",
+                              f"must be one of {', '.join(SCORING_MODES)}, got {self.reward_scoring!r}")
 
 
 def check_prompt_rewards(args, prompts, path: str, eval_prompts=None, eval_path: str | None = None) -> None:

@@ -20,7 +20,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from autoif_train.rewards.base import Reward, Scores, row_field
+from autoif_train.rewards.base import Reward, RewardError, Scores, row_field
 
 REGISTRIES = ("if_verifiable.ifeval.instructions_registry", "if_verifiable.ifbench.instructions_registry")
 
@@ -36,7 +36,8 @@ def _literal(text: str) -> Any:
 
 
 def row_constraints(row: Any) -> tuple[list, list] | None:
-    """(instruction ids, kwargs) a row carries, None when it carries none; ValueError (naming the field) if malformed."""
+    """(instruction ids, kwargs) a row carries, None when it carries none; `RewardError` naming the field (no file)
+    if malformed."""
     ids, kwargs = row_field(row, "instruction_id_list"), row_field(row, "kwargs")
     name = "instruction_id_list"
     if ids is None:
@@ -48,21 +49,21 @@ def row_constraints(row: Any) -> tuple[list, list] | None:
             try:
                 truth = _literal(truth)
             except ValueError as err:
-                raise ValueError(f"field 'ground_truth' is {err}") from err
+                raise RewardError(None, None, "ground_truth", f"is {err}") from err
         if isinstance(truth, list) and len(truth) == 1:
             truth = truth[0]
         if not isinstance(truth, dict) or "instruction_id" not in truth:
-            raise ValueError("field 'ground_truth' must hold {'instruction_id': [...], 'kwargs': [...]}")
+            raise RewardError(None, None, "ground_truth", "must hold {'instruction_id': [...], 'kwargs': [...]}")
         ids, kwargs = truth["instruction_id"], truth.get("kwargs")
     if isinstance(ids, str):
         ids = [ids]
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise ValueError(f"field {name!r}: instruction ids must be a non-empty list of strings")
+        raise RewardError(None, None, name, "instruction ids must be a non-empty list of strings")
     kwargs = [{} for _ in ids] if kwargs is None else kwargs
     if not isinstance(kwargs, list) or len(kwargs) != len(ids) or not all(k is None or isinstance(k, dict)
                                                                            for k in kwargs):
-        raise ValueError(f"field {'kwargs' if name == 'instruction_id_list' else name!r}: kwargs must be a list of "
-                         f"{len(ids)} objects (or null), one per instruction id")
+        raise RewardError(None, None, "kwargs" if name == "instruction_id_list" else name,
+                          f"kwargs must be a list of {len(ids)} objects (or null), one per instruction id")
     return ids, [k or {} for k in kwargs]
 
 
@@ -91,15 +92,15 @@ class IFEvalCheckersReward(Reward):
     def applies(self, row: Any) -> bool:
         return row_field(row, "instruction_id_list") is not None or row_field(row, "ground_truth") is not None
 
-    def check(self, row: Any) -> str | None:
+    def check(self, row: Any) -> tuple[str | None, str] | None:
         try:
             ids, _ = row_constraints(row)
-        except ValueError as err:
-            return str(err)
+        except RewardError as err:
+            return err.field, err.message
         unknown = [i for i in ids if i not in self.registry]
         if unknown:
             field = "instruction_id_list" if row_field(row, "instruction_id_list") is not None else "ground_truth"
-            return f"field {field!r}: unknown constraint id(s) {unknown} (not in the IFEval or IFBench checkers)"
+            return field, f"unknown constraint id(s) {unknown} (not in the IFEval or IFBench checkers)"
         return None
 
     def score(self, rows: Sequence[Any], responses: Sequence[str]) -> Scores:

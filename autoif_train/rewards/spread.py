@@ -6,47 +6,17 @@ gathered back in input order, so every rank gets the same `Scores` as one proces
 results do not depend on how calls are batched). `mode="main"` scores everything on the main process and
 broadcasts instead (one pool in the job).
 
-`host_pool_settings` sizes each rank's pool: `workers=0` (auto) shares the host's cores among the ranks on it,
-keeping one core per rank for the trainer process; a timeout is stretched by the factor by which the verifier
-processes on the host outnumber its cores, so a busy host does not turn slow calls into timeouts (false results).
-Not protected against: other jobs on the same host, which these counts do not see.
+Each rank's pool is sized by `sandbox.settings.host_pool_settings` (`verifier_workers: 0` shares the host's cores
+among its ranks; the timeout stretches when the host is oversubscribed).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from autoif_train.rewards.base import SCORING_MODES, Reward, Scores
-
-
-def host_cores() -> int:
-    """Cores this process may run on (its CPU affinity, else the host's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def local_world_size() -> int:
-    """Processes of this job on this host (torchrun / accelerate set LOCAL_WORLD_SIZE); 1 when not launched."""
-    try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
-def host_pool_settings(workers: int, timeout: float, local_world: int | None = None,
-                       cores: int | None = None) -> tuple[int, float]:
-    """(workers, timeout) for one rank's verifier pool; `workers <= 0` means auto (see the module docstring)."""
-    local_world = local_world or local_world_size()
-    cores = cores or host_cores()
-    if workers <= 0:
-        workers = max(1, cores // local_world - 1)
-    load = workers * local_world / cores
-    return workers, float(timeout) * max(1.0, load)
 
 
 def share(n: int, world: int, rank: int) -> range:

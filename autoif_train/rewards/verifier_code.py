@@ -76,10 +76,10 @@ class VerifierCodeReward(Reward):
     def applies(self, row: Any) -> bool:
         return bool(row_verifiers(row))
 
-    def check(self, row: Any) -> str | None:
+    def check(self, row: Any) -> tuple[str | None, str] | None:
         codes = row_verifiers(row)
         if not codes or not all(isinstance(c, str) for c in codes):
-            return "field 'verifiers' must be a non-empty list of verifier code strings"
+            return "verifiers", "must be a non-empty list of verifier code strings"
         return None
 
     def score(self, rows: Sequence[Any], responses: Sequence[str]) -> Scores:

@@ -58,7 +58,12 @@ NPROC = 256  # RLIMIT_NPROC of the sandbox uid: a backstop; the per-worker pids 
 
 
 class IsolationUnavailable(RuntimeError):
-    """The requested isolation cannot be set up on this machine (and the pool refuses to run without it)."""
+    """The requested isolation cannot be set up on this machine (and the pool refuses to run without it).
+
+    Not an `AutoIFError` (this module is loaded without the package inside the sandbox); `exit_code` makes the
+    commands report it as one line, like bad input (choose another `isolation`)."""
+
+    exit_code = 2
 
 
 # ---------------------------------------------------------------- checks (run in the caller, apply nothing)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from autoif_train.core.errors import AutoIFError
 from autoif_train.sandbox import lockdown
 from autoif_train.sandbox.lockdown import ISOLATION_MODES, IsolationUnavailable
 from autoif_train.sandbox.process import Batch as _Batch
@@ -54,7 +55,7 @@ _BOOTSTRAP = (
 )
 
 
-class SandboxError(RuntimeError):
+class SandboxError(AutoIFError, RuntimeError):
     """The pool cannot be used (after close(), or in a process forked from its owner)."""
 
 

@@ -7,8 +7,8 @@ Layout of `DIR`:
     report.json                 per stage rows in/out and drops by reason
     sft.jsonl, sft_alpaca.json, dpo.jsonl, online_dpo_prompts.jsonl   the exported data
 
-Every file is written to a temporary sibling and renamed into place, so a kill leaves either the old file or the
-new one. A chunk counts as done only when its `.meta.json` exists (written after its rows), so a kill mid-chunk
+Every file is written through `core.io` (a temporary sibling, fsync, rename), so a kill leaves either the old
+file or the new one. A chunk counts as done only when its `.meta.json` exists (written after its rows), so a kill mid-chunk
 redoes that chunk and never duplicates rows. Not protected against: two processes writing the same run folder.
 """
 
@@ -17,61 +17,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+
+from autoif_train.core.errors import InputError
+from autoif_train.core.io import Row, read_rows, write_json, write_jsonl
 
 
-class SynthError(RuntimeError):
+class SynthError(InputError):
     """Bad input to the synthesis pipeline (names the file, line and field); finished work is kept."""
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Atomically write `rows` as JSON lines; returns the row count."""
-    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-    return len(lines)
-
-
-def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict]:
-    """Read JSON lines; a bad line or a missing required field raises `SynthError` naming file, line and field."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SynthError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from err
-            if not isinstance(row, dict):
-                raise SynthError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for name in required:
-                if name not in row:
-                    raise SynthError(f"{path}:{lineno}: missing field {name!r}")
-            rows.append(row)
-    return rows
+def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[Row]:
+    """Rows of a local JSONL file; a bad line or a missing required field raises `SynthError` naming file, line
+    and field."""
+    return read_rows(Path(path), fields=dict.fromkeys(required, object), error=SynthError)
 
 
 class RunFolder:
@@ -85,12 +44,13 @@ class RunFolder:
             try:
                 self.manifest = json.loads(self.manifest_path.read_text())
             except json.JSONDecodeError as err:
-                raise SynthError(f"{self.manifest_path}: corrupt manifest ({err}); delete it to start over") from err
+                raise SynthError(self.manifest_path, err.lineno, None,
+                                 f"corrupt manifest ({err.msg}); delete it to start over") from err
         else:
             self.manifest = {"config": None, "stages": {}}
 
     def save(self) -> None:
-        atomic_write_json(self.manifest_path, self.manifest)
+        write_json(self.manifest_path, self.manifest)
 
     def stage_path(self, stage: str) -> Path:
         return self.root / "stages" / f"{stage}.jsonl"
@@ -124,7 +84,7 @@ class RunFolder:
     def write_chunk(self, stage: str, index: int, rows: list[dict], meta: dict) -> None:
         parts = self.parts_dir(stage)
         write_jsonl(parts / f"{index:05d}.jsonl", rows)
-        atomic_write_json(parts / f"{index:05d}.meta.json", {**meta, "rows_out": len(rows)})
+        write_json(parts / f"{index:05d}.meta.json", {**meta, "rows_out": len(rows)})
         info = self.stage_info(stage)
         info["chunks_done"] = sum(1 for _ in parts.glob("*.meta.json"))
         self.save()

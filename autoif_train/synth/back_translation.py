@@ -14,6 +14,7 @@ from collections import Counter
 
 from autoif_train.synth import prompts
 from autoif_train.synth.parsing import parse_nli_label
+from autoif_train.synth.stage import StageResult
 
 NAME = "back_translation"
 
@@ -68,8 +69,6 @@ def _classifier(ctx) -> NLIClassifier:
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.synth.pipeline import StageResult
-
     cfg = ctx.config
     jobs = [(r, code) for r, row in enumerate(rows) for code in row["functions"][: cfg.back_translations]]
     answers = ctx.generator.generate(

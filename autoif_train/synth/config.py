@@ -1,8 +1,8 @@
 """`SynthConfig`: every knob of the AutoIF synthesis pipeline; recipe YAML keys are these field names.
 
 Defaults are the paper's values (see each field's help); recipes lower the K's for small runs. Unknown keys are
-errors naming the file and the key. Relative paths are taken from the working directory, or else from the recipe's
-folder.
+errors naming the file and the key. Relative paths are taken from the working directory, else from the recipe's
+folder, else from the shipped files (`recipes/...`, `verifiers/...`), as `autoif train` resolves them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,12 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from autoif_train.configs import RecipeError, check_keys, read_recipe
+from autoif_train.core.errors import RecipeError
+from autoif_train.core.io import is_local
+from autoif_train.core.recipes import Recipe, read_recipe, resolve
 from autoif_train.data.pairs import PairRuleFields
+from autoif_train.resources import resolve_shipped
+from autoif_train.sandbox.settings import SandboxArgs
 
 NLI_FILTERS = ("nli", "llm_judge", "none")
 BACKENDS = ("transformers", "openai", "vllm")
@@ -20,8 +24,9 @@ PATH_FIELDS = ("seed_instructions", "query_source")
 
 
 @dataclass
-class SynthConfig(PairRuleFields):
-    """Settings of `autoif synth` (YAML keys = field names; the export's pair rule is `PairRuleFields`)."""
+class SynthConfig(PairRuleFields, SandboxArgs):
+    """Settings of `autoif synth` (YAML keys = field names; the export's pair rule is `PairRuleFields`, the sandbox
+    keys are `SandboxArgs`)."""
 
     output_dir: str = field(default="runs/synth", metadata={"help": "Run folder (artifacts, manifest, report)."})
     seed_instructions: str = field(
@@ -49,9 +54,6 @@ class SynthConfig(PairRuleFields):
     min_function_accuracy: float = field(default=0.5, metadata={"help": "A function needs > this case accuracy."})
     min_functions: int = field(default=1, metadata={"help": "Instruction needs >= this many functions (code: 3)."})
     min_cases: int = field(default=1, metadata={"help": "Instruction needs >= this many cases (code: 10)."})
-    verifier_workers: int = field(default=2, metadata={"help": "Sandboxed verifier worker processes."})
-    verifier_timeout: float = field(default=1.0, metadata={"help": "Seconds per verifier call."})
-    isolation: str = field(default="seccomp", metadata={"help": "Sandbox isolation: seccomp | bwrap | none."})
     # 4. back-translation + NLI
     back_translations: int = field(default=3, metadata={"help": "Functions back-translated per instruction."})
     back_translation_max_tokens: int = field(default=128, metadata={"help": "Tokens per back-translation."})
@@ -101,7 +103,7 @@ class SynthConfig(PairRuleFields):
         if self.nli_filter not in NLI_FILTERS:
             problems.append(f"nli_filter must be one of {NLI_FILTERS}, got {self.nli_filter!r}")
         for name in ("chunk_size", "instruction_rewrites", "verifier_samples", "queries_per_instruction",
-                     "responses_per_query", "ngram_size", "verifier_workers", "nli_batch_size"):
+                     "responses_per_query", "ngram_size", "nli_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("min_case_agreement", "min_function_accuracy", "min_pass_rate", "chosen_threshold"):
@@ -117,6 +119,7 @@ class SynthConfig(PairRuleFields):
             self.decontamination_sources = [self.decontamination_sources]
         if problems:
             raise RecipeError("; ".join(problems))
+        self.check_sandbox()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,35 +129,53 @@ def _resolve_path(value: str | None, recipe_dir: str) -> str | None:
     if not value or os.path.isabs(value) or os.path.exists(value):
         return value
     candidate = os.path.join(recipe_dir, value)
-    return candidate if os.path.exists(candidate) else value
+    return candidate if os.path.exists(candidate) else resolve_shipped(value)  # `recipes/...`, as `train` does
 
 
-def load_synth_config(path: str | None = None, overrides: dict[str, Any] | None = None) -> SynthConfig:
-    """Read a recipe YAML (optional) and apply `overrides`; unknown keys raise `RecipeError` naming them."""
-    data: dict[str, Any] = {}
-    if path:
-        data = read_recipe(path)
-        check_keys(data.keys(), [SynthConfig], path)
+def load_synth_config(path: str | None = None, overrides: dict[str, Any] | None = None,
+                      recipe: Recipe | None = None) -> SynthConfig:
+    """Read a recipe YAML (optional) and apply `overrides` (values, or strings from the command line in
+    `recipe.overrides`); unknown keys and wrong types raise `RecipeError` naming the file, line and key."""
+    recipe = recipe or (read_recipe(path) if path else Recipe())
+    values = resolve(recipe, [SynthConfig])
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    check_keys(overrides.keys(), [SynthConfig], "command line")
-    data.update(overrides)
-    recipe_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    if overrides:
+        values.update(resolve(Recipe(values=overrides), [SynthConfig]))
+    recipe_dir = os.path.dirname(os.path.abspath(recipe.path)) if recipe.path else os.getcwd()
     for name in PATH_FIELDS:
-        if name in data:
-            data[name] = _resolve_path(data[name], recipe_dir)
-    if isinstance(data.get("exclude_queries"), list):
-        data["exclude_queries"] = [_resolve_path(s, recipe_dir) for s in data["exclude_queries"]]
-    if "decontamination_sources" in data and isinstance(data["decontamination_sources"], list):
-        data["decontamination_sources"] = [
+        if name in values:
+            values[name] = _resolve_path(values[name], recipe_dir)
+    if isinstance(values.get("exclude_queries"), list):
+        values["exclude_queries"] = [_resolve_path(s, recipe_dir) for s in values["exclude_queries"]]
+    if isinstance(values.get("decontamination_sources"), list):
+        values["decontamination_sources"] = [
             _resolve_path(s, recipe_dir) if str(s).endswith((".jsonl", ".json")) else s
-            for s in data["decontamination_sources"]
+            for s in values["decontamination_sources"]
         ]
     try:
-        return SynthConfig(**data)
+        return SynthConfig(**values)
     except RecipeError as err:
-        raise RecipeError(f"{path or 'command line'}: {err}") from err
-    except TypeError as err:
-        raise RecipeError(f"{path or 'command line'}: {err}") from err
+        raise RecipeError(recipe.path or "command line", None, err.field, err.message) from err
+
+
+def input_paths(config: SynthConfig) -> list[tuple[str, str]]:
+    """(key, path) of every local input file the recipe names, for `check_inputs`."""
+    paths = [("seed_instructions", config.seed_instructions)]
+    if config.query_source and is_local(config.query_source):
+        paths.append(("query_source", config.query_source))
+    paths += [("exclude_queries", p) for p in config.exclude_queries]
+    paths += [("decontamination_sources", s) for s in config.decontamination_sources if is_local(s)]
+    return paths
+
+
+def check_inputs(config: SynthConfig, recipe_path: str | None = None) -> None:
+    """Raise `RecipeError` for a missing input (unset `query_source`, a file that does not exist) before stage 1."""
+    where = recipe_path or "command line"
+    if not config.query_source:
+        raise RecipeError(where, None, "query_source", "not set: give a local JSONL/JSON file or a datasets id")
+    for key, path in input_paths(config):
+        if not os.path.exists(os.path.expanduser(path)):
+            raise RecipeError(where, None, key, f"file not found: {path}")
 
 
 FIELD_NAMES = tuple(f.name for f in fields(SynthConfig))

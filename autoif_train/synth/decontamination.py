@@ -12,7 +12,9 @@ import os
 import re
 from collections import Counter
 
-from autoif_train.synth.artifacts import SynthError, read_jsonl
+from autoif_train.core.io import is_local, read_rows
+from autoif_train.synth.artifacts import SynthError
+from autoif_train.synth.stage import StageResult
 
 NAME = "decontamination"
 
@@ -24,17 +26,13 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 def load_eval_prompts(source: str) -> list[str]:
     """The prompts of one evaluation source (local JSONL with `prompt`, or a datasets id)."""
-    if os.path.exists(source):
-        return [row["prompt"] for row in read_jsonl(source, required=("prompt",))]
     try:
-        import datasets
-
-        return list(datasets.load_dataset(source, split="train")["prompt"])
-    except Exception as err:  # noqa: BLE001 - name the source whatever datasets raised
-        raise SynthError(
-            f"decontamination source {source!r}: not a local JSONL and not loadable with datasets ({err}); "
-            "give a local copy of its prompts or remove it from decontamination_sources"
-        ) from err
+        return [row["prompt"] for row in read_rows(source, fields={"prompt": object}, error=SynthError)]
+    except SynthError as err:
+        if is_local(source):
+            raise
+        raise SynthError(f"decontamination source {err}; give a local copy of its prompts or remove it from "
+                         "decontamination_sources") from err
 
 
 class Decontaminator:
@@ -73,8 +71,6 @@ def get_decontaminator(ctx) -> Decontaminator:
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.synth.pipeline import StageResult
-
     deco = get_decontaminator(ctx)
     out, drops = [], Counter()
     for row in rows:

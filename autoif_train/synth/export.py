@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from autoif_train.core.io import write_jsonl, write_text
 from autoif_train.data.pairs import prompt_pairs
-from autoif_train.synth.artifacts import atomic_write_text, write_jsonl
 from autoif_train.synth.quality import good
 
 NAME = "export"
@@ -113,7 +113,7 @@ def finalize(ctx, rows: list[dict]):
     write_jsonl(run.root / "sft.jsonl", sft)
     alpaca = [{"instruction": r["messages"][0]["content"], "input": "", "output": r["messages"][1]["content"]}
               for r in sft]
-    atomic_write_text(run.root / "sft_alpaca.json", json.dumps(alpaca, indent=1, ensure_ascii=False) + "\n")
+    write_text(run.root / "sft_alpaca.json", json.dumps(alpaca, indent=1, ensure_ascii=False) + "\n")
     write_jsonl(run.root / "dpo.jsonl", dpo)
     write_jsonl(run.root / "online_dpo_prompts.jsonl", online)
     ctx.export_outputs = {

@@ -16,6 +16,7 @@ from collections import Counter
 from autoif_train.synth import prompts
 from autoif_train.synth.artifacts import SynthError, read_jsonl
 from autoif_train.synth.parsing import normalize_text, parse_instruction_list
+from autoif_train.synth.stage import StageResult
 
 NAME = "instructions"
 UNCHECKABLE = re.compile(r"\b(translat\w*|metaphor\w*|tone|style|humou?r\w*|poetic|emotion\w*)\b", re.IGNORECASE)
@@ -26,29 +27,24 @@ NEW_PER_ANSWER = 5
 def inputs(ctx) -> list[dict]:
     """The seed instructions, validated (file, line and field named on error)."""
     path = ctx.config.seed_instructions
-    try:
-        rows = read_jsonl(path, required=("instruction",))
-    except FileNotFoundError as err:
-        raise SynthError(f"seed_instructions: file not found: {path}") from err
+    rows = read_jsonl(path, required=("instruction",))
     seen = set()
-    for lineno, row in enumerate(rows, 1):
+    for index, row in enumerate(rows, 1):
         if not isinstance(row["instruction"], str) or not row["instruction"].strip():
-            raise SynthError(f"{path}: row {lineno}: field 'instruction' must be a non-empty string")
-        row.setdefault("id", f"seed-{lineno:04d}")
+            raise row.where.error("instruction", "must be a non-empty string")
+        row.setdefault("id", f"seed-{index:04d}")
         if row["id"] in seen:
-            raise SynthError(f"{path}: row {lineno}: duplicate id {row['id']!r}")
+            raise row.where.error("id", f"duplicate id {row['id']!r}")
         seen.add(row["id"])
         for name in ("verifiers", "cases"):
             if name in row and not isinstance(row[name], list):
-                raise SynthError(f"{path}: row {lineno}: field {name!r} must be a list")
+                raise row.where.error(name, "must be a list")
     if not rows:
         raise SynthError(f"{path}: no seed instructions")
     return rows
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.synth.pipeline import StageResult
-
     cfg = ctx.config
     all_seeds = [r["instruction"] for r in inputs(ctx)]
     prompt_list = []
@@ -86,8 +82,6 @@ def process(ctx, rows: list[dict], chunk_index: int):
 
 def finalize(ctx, rows: list[dict]):
     """Dedupe seeds ∪ augmented on normalized text; seeds come first so they always survive."""
-    from autoif_train.synth.pipeline import StageResult
-
     seen, kept, drops = set(), [], Counter()
     for row in sorted(rows, key=lambda r: r["source"] != "seed"):
         key = normalize_text(row["instruction"])

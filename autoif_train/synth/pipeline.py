@@ -13,7 +13,6 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
@@ -31,26 +30,13 @@ from autoif_train.synth import (
 )
 from autoif_train.synth.artifacts import RunFolder, SynthError
 from autoif_train.synth.config import SynthConfig
+from autoif_train.synth.stage import StageResult  # noqa: F401 - re-exported for stage modules
 
 STAGE_MODULES = [
     instructions, verifier_generation, cross_validation, back_translation, queries, responses, quality,
     decontamination, export,
 ]
 STAGES = [m.NAME for m in STAGE_MODULES]
-
-
-@dataclass
-class StageResult:
-    """Rows kept, drops by reason (units removed), details (sample-level counters) and candidate count."""
-
-    rows: list[dict]
-    drops: Counter = field(default_factory=Counter)
-    details: Counter = field(default_factory=Counter)
-    candidates: int | None = None
-
-    def __post_init__(self):
-        if self.candidates is None:
-            self.candidates = len(self.rows) + sum(self.drops.values())
 
 
 class SynthContext:
@@ -72,13 +58,7 @@ class SynthContext:
     @property
     def pool(self):
         if self._pool is None:
-            from autoif_train.sandbox import VerifierPool
-
-            self._pool = VerifierPool(
-                workers=self.config.verifier_workers, timeout=self.config.verifier_timeout,
-                isolation=self.config.isolation,
-            )
-            self._pool.__enter__()
+            self._pool = self.config.pool()  # SandboxArgs: sized to the host when verifier_workers is 0
         return self._pool
 
     def gen_config(self, stage: str, chunk_index: int, **kwargs) -> GenerationConfig:
@@ -88,7 +68,7 @@ class SynthContext:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.__exit__(None, None, None)
+            self._pool.close()
             self._pool = None
         if self._generator is not None and self._owns_generator:
             self._generator.close()

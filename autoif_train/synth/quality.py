@@ -12,6 +12,7 @@ from collections import Counter
 
 from autoif_train.synth import prompts
 from autoif_train.synth.parsing import parse_score
+from autoif_train.synth.stage import StageResult
 
 NAME = "quality"
 
@@ -37,8 +38,6 @@ def row_survives(row: dict, cfg) -> bool:
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.synth.pipeline import StageResult
-
     cfg = ctx.config
     details = Counter()
     if cfg.quality_filter:

@@ -10,13 +10,13 @@ An empty source is a clear error raised before any row of this stage is written;
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from collections import Counter
 
+from autoif_train.core.io import read_rows
 from autoif_train.synth import prompts
 from autoif_train.synth.artifacts import SynthError, read_jsonl
+from autoif_train.synth.stage import StageResult
 
 NAME = "queries"
 QUERY_FIELDS = ("query", "prompt", "instruction", "question", "text")
@@ -41,26 +41,7 @@ def _read_source(cfg) -> list[dict]:
     source = cfg.query_source
     if not source:
         raise SynthError("query_source is not set: give a local JSONL/JSON file or a datasets id")
-    if os.path.exists(source):
-        if source.endswith(".jsonl"):
-            return read_jsonl(source)
-        with open(source, encoding="utf-8") as fh:
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError as err:
-                raise SynthError(f"{source}: not valid JSON ({err.msg}, line {err.lineno})") from err
-        if isinstance(data, dict):
-            data = next((v for v in data.values() if isinstance(v, list)), [])
-        if not isinstance(data, list):
-            raise SynthError(f"{source}: expected a list of rows")
-        return [r for r in data if isinstance(r, dict)]
-    try:
-        import datasets
-
-        rows = datasets.load_dataset(source, split=cfg.query_split)
-    except Exception as err:  # noqa: BLE001 - datasets raises many types; name the source either way
-        raise SynthError(f"query_source {source!r}: not a local file and not loadable with datasets ({err})") from err
-    return list(rows.select(range(min(len(rows), cfg.max_query_rows)))) if cfg.max_query_rows else list(rows)
+    return read_rows(source, split=cfg.query_split, error=SynthError)
 
 
 def load_queries(cfg) -> tuple[list[dict], Counter]:
@@ -70,10 +51,7 @@ def load_queries(cfg) -> tuple[list[dict], Counter]:
         rows = rows[: cfg.max_query_rows]
     excluded = set()
     for path in cfg.exclude_queries:
-        try:
-            excluded.update(str(r["query_id"]) for r in read_jsonl(path, required=("query_id",)))
-        except FileNotFoundError as err:
-            raise SynthError(f"exclude_queries: file not found: {path}") from err
+        excluded.update(str(r["query_id"]) for r in read_jsonl(path, required=("query_id",)))
     kept, seen, stats = [], set(), Counter()
     for index, row in enumerate(rows):
         text = _query_of(row, cfg.query_field)
@@ -107,8 +85,6 @@ def _pool(ctx):
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.synth.pipeline import StageResult
-
     cfg = ctx.config
     pool, _ = _pool(ctx)
     out = []
@@ -124,6 +100,4 @@ def process(ctx, rows: list[dict], chunk_index: int):
 
 
 def finalize(ctx, rows: list[dict]):
-    from autoif_train.synth.pipeline import StageResult
-
     return StageResult(rows, details=Counter(_pool(ctx)[1]))

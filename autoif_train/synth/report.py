@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from autoif_train.synth.artifacts import RunFolder, atomic_write_json
+from autoif_train.core.io import write_json
+from autoif_train.synth.artifacts import RunFolder
 
 
 def build_report(run: RunFolder) -> dict:
@@ -38,6 +39,6 @@ def format_report(report: dict) -> str:
 def write_report(run: RunFolder) -> dict:
     """Write `DIR/report.json` from the manifest, print the table, and return the report."""
     report = build_report(run)
-    atomic_write_json(run.root / "report.json", report)
+    write_json(run.root / "report.json", report)
     print(format_report(report))
     return report

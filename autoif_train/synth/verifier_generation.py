@@ -11,6 +11,7 @@ from collections import Counter
 
 from autoif_train.synth import prompts
 from autoif_train.synth.parsing import parse_verifier_answer
+from autoif_train.synth.stage import StageResult
 
 NAME = "verifier_generation"
 
@@ -22,8 +23,6 @@ def _seed_material(row: dict) -> tuple[list[str], list[dict]]:
 
 
 def process(ctx, rows: list[dict], chunk_index: int):
-    from autoif_train.synth.pipeline import StageResult
-
     cfg = ctx.config
     answers = ctx.generator.generate(
         [prompts.VERIFIER.format(instruction=row["instruction"]) for row in rows],

@@ -4,7 +4,7 @@ The same prompt rows (`verifiers` as code or bundle ids, and/or IFEval-style con
 (`autoif_train.rewards`) and the same sandbox: `RewardFunction` is one TRL reward function whose value for a
 completion is the combined pass rate online DPO pairs on. TRL calls it on each rank for that rank's completions, so
 scoring is spread over the ranks, each scoring in its own `VerifierPool` sized to its share of the host
-(`rewards.spread.host_pool_settings`); verifier code never runs in the trainer process. An unscored completion (no
+(`sandbox.settings.host_pool_settings`); verifier code never runs in the trainer process. An unscored completion (no
 check returned a result: every verifier timed out, crashed or was disabled) gets None, which TRL turns into NaN and
 leaves out of the group's reward. Completions end at every end-of-turn id (`generation.chat.end_of_turn_ids`), not
 only the tokenizer's eos. vLLM (colocate or server), ZeRO-3, LoRA and checkpoint resume are TRL's.
@@ -40,13 +40,9 @@ class RewardFunction:
     def reward(self):
         if self._reward is None:
             from autoif_train.rewards import build_reward
-            from autoif_train.rewards.spread import host_pool_settings
 
             if "verifier_code" in self.args.rewards:
-                from autoif_train.sandbox import VerifierPool
-
-                workers, timeout = host_pool_settings(self.args.verifier_workers, self.args.verifier_timeout)
-                self._pool = VerifierPool(workers=workers, timeout=timeout, isolation=self.args.isolation)
+                self._pool = self.args.pool()  # SandboxArgs: sized to this rank's share of the host's cores
             self._reward = build_reward(self.args.rewards, self.weights, pool=self._pool, **self.args.reward_options())
         return self._reward
 

@@ -27,6 +27,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list
@@ -35,6 +36,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import SaveStrategy
 from trl import DPOTrainer
 
+from autoif_train.core.errors import RecipeError
 from autoif_train.data.rows import PromptRow
 from autoif_train.generation.policy import build_policy_sampler
 from autoif_train.training.rollouts import RolloutMixin
@@ -277,6 +279,8 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
             record[name] = sum(values) / len(values) if values else None
         record.update(checkpoint=checkpoint, global_step=self.state.global_step, train_steps=steps,
                       training_seconds=seconds)
+        if torch.cuda.is_available():  # this rank's peak since the start (training, sampling, vLLM's pool)
+            record["peak_gpu_memory_gib"] = torch.cuda.max_memory_reserved() / 2**30
         return record
 
     def _finish_round(self, cur: dict, checkpoint: str) -> None:
@@ -345,7 +349,16 @@ def run_online_dpo(script_args, training_args, model_args, model_init_kwargs: di
         eval_prompts = load_prompt_rows(script_args.eval_dataset_path, script_args.verifier_bundle)
     check_prompt_rewards(training_args, prompts, script_args.dataset_path, eval_prompts, script_args.eval_dataset_path)
     if training_args.eval_every_round and not eval_prompts:
-        raise ValueError("eval_every_round needs eval_dataset_path: held-out prompt rows with verifiers")
+        raise RecipeError(None, None, "eval_every_round", "needs eval_dataset_path: held-out prompt rows with verifiers")
+
+    # ----- A finished run (every round complete, final model saved) is reported, not retrained
+    done = RoundStore(training_args.output_dir).completed()
+    out_of_prompts = bool(done) and done[-1].get("prompt_end", 0) >= len(prompts)
+    saved = any((Path(training_args.output_dir) / f).is_file() for f in ("config.json", "adapter_config.json"))
+    if done and (len(done) >= training_args.num_rounds or out_of_prompts) and saved:
+        print(f"all {len(done)} rounds complete in {training_args.output_dir}; nothing left to train (raise "
+              "num_rounds, or give a new output_dir to start over)")
+        return OnlineDPOResult(output_dir=training_args.output_dir, rounds=done)
 
     # ----- Trainer
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)

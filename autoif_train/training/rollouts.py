@@ -115,8 +115,15 @@ class RolloutMixin:
         end = len(self.prompts) if args.pairs_per_round else min(len(self.prompts), first_prompt + args.prompts_per_round)
         samples, scores, chunk, reused, timing = [], [], 0, False, {"samples": 0.0, "scores": 0.0}
         start = first_prompt
+        overlength = 0
         while start < end:
-            rows = self.prompts[start : min(end, start + size)]
+            chunk_rows = self.prompts[start : min(end, start + size)]
+            rows = [row for row in chunk_rows if self._fits(row)]  # the same answer on every rank
+            overlength += len(chunk_rows) - len(rows)
+            if not rows:
+                start += len(chunk_rows)
+                chunk += 1
+                continue
             ids = [row.id for row in rows]
             done = None
             if acc.is_main_process:
@@ -139,13 +146,17 @@ class RolloutMixin:
                     timing[kind] += self.store.chunk_seconds(r, chunk, kind)
                 samples += chunk_samples
                 scores += chunk_scores
-            start += len(rows)
+            start += len(chunk_rows)
             chunk += 1
             if args.pairs_per_round and broadcast_object_list([self._enough_pairs(r, samples, scores)])[0]:
                 break
+        if overlength:
+            logger.warning("round %d: %d prompt(s) skipped: too long for the sampler's context (%s positions) with "
+                           "max_new_tokens=%d, or for max_length=%s", r, overlength, self.sampler_context,
+                           args.max_new_tokens, args.max_length)
         result = None
         if acc.is_main_process:
-            result = self._plan(r, first_prompt, start, samples, scores, timing, reused)
+            result = self._plan(r, first_prompt, start, samples, scores, timing, reused, overlength)
         pairs, plan = broadcast_object_list([result])[0]
         return pairs, dict(plan, reused_pairs=False)
 
@@ -156,7 +167,8 @@ class RolloutMixin:
         pairs, _ = build_round_pairs(samples, [sc["pass_rate"] for sc in scores], self.rule, seed=self.args.seed + r)
         return len(self._trainable(pairs)) >= self.args.pairs_per_round
 
-    def _plan(self, r: int, first_prompt: int, end_prompt: int, samples, scores, timing, reused) -> tuple[list, dict]:
+    def _plan(self, r: int, first_prompt: int, end_prompt: int, samples, scores, timing, reused,
+              overlength: int = 0) -> tuple[list, dict]:
         """Main process: the round's pairs (cut at `pairs_per_round`), its step budget and counts; written to disk."""
         args, rows = self.args, self.prompts[first_prompt:end_prompt]
         pairs, stats = build_round_pairs(samples, [sc["pass_rate"] for sc in scores], self.rule, seed=args.seed + r,
@@ -171,6 +183,7 @@ class RolloutMixin:
         plan = {
             "round": r, "prompt_start": first_prompt, "prompt_end": end_prompt, "prompts": stats.prompts,
             "prompts_with_pair": stats.prompts_with_pair, "skipped_prompts": stats.skipped,
+            "overlength_prompts": overlength,
             "pair_share": stats.pair_share, "pairs": len(pairs), **rollout_metrics(samples, scores),
             "start_step": self.state.global_step,
             "steps": round_steps(len(pairs), args.epochs_per_round, self.per_step),
@@ -181,14 +194,9 @@ class RolloutMixin:
         return pairs, plan
 
     def _verifier_pool(self):
-        """This rank's sandbox pool, sized to its share of the host's cores (`rewards.spread.host_pool_settings`)."""
+        """This rank's sandbox pool, sized to its share of the host's cores (`SandboxArgs.pool`)."""
         if self._pool is None:
-            from autoif_train.rewards.spread import host_pool_settings
-            from autoif_train.sandbox import VerifierPool
-
-            args = self.args
-            workers, timeout = host_pool_settings(args.verifier_workers, args.verifier_timeout)
-            self._pool = VerifierPool(workers=workers, timeout=timeout, isolation=args.isolation)
+            self._pool = self.args.pool()
         return self._pool
 
     def _reward(self):
@@ -200,6 +208,21 @@ class RolloutMixin:
             pool = self._verifier_pool() if "verifier_code" in names else None
             self._rewards = build_reward(names, self.args.reward_weights, pool=pool, **self.args.reward_options())
         return self._rewards
+
+    @property
+    def sampler_context(self) -> int | None:
+        """Prompt + completion positions the sampler holds (vLLM's max_model_len, the model's positions)."""
+        return getattr(self.sampler, "max_model_len", None)
+
+    def _fits(self, row: PromptRow) -> bool:
+        """Can `row` be sampled (prompt + max_new_tokens within the sampler's context) and trained (a prompt shorter
+        than `max_length` under keep_start truncation)? Over-length prompts are skipped and counted per round."""
+        n = len(self._encoded(row))
+        context = self.sampler_context
+        if context is not None and n + self.args.max_new_tokens > context:
+            return False
+        return not (self.args.max_length is not None and self.args.truncation_mode == "keep_start"
+                    and n >= self.args.max_length)
 
     def _trainable(self, pairs: list[dict]) -> list[dict]:
         """Pairs whose prompt leaves room for a completion under `max_length` (TRL drops the others too)."""
@@ -249,9 +272,14 @@ class RolloutMixin:
     def _heldout_pass_rate(self, r: int) -> float:
         """Mean verifier pass rate of one sample per held-out prompt (seeded, RNG forked: training is unchanged).
         An unscored held-out sample counts as 0."""
-        samples = self._sample_all(self.eval_prompts, 1, salt=-(r + 1))
+        kept = [row for row in self.eval_prompts if self._fits(row)]
+        if len(kept) < len(self.eval_prompts):
+            logger.warning("held-out: %d over-length prompt(s) skipped", len(self.eval_prompts) - len(kept))
+        if not kept:
+            return 0.0
+        samples = self._sample_all(kept, 1, salt=-(r + 1))
         rate = None
-        scores = self._score(self.eval_prompts, samples)
+        scores = self._score(kept, samples)  # collective: every rank scores a share
         if self.accelerator.is_main_process:
             rows = [{"prompt_id": s["prompt_id"], "response": s["text"], "finish_reason": s["finish_reason"],
                      "pass_rate": sc["pass_rate"]} for s, sc in zip(samples, scores, strict=True)]

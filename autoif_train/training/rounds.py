@@ -20,22 +20,8 @@ import os
 import re
 from pathlib import Path
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from autoif_train.core.errors import InputError
+from autoif_train.core.io import read_rows, write_jsonl, write_text
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -43,7 +29,7 @@ def checkpoint_step(path: Path) -> int | None:
     return int(m.group(1)) if m and (path / "trainer_state.json").is_file() else None
 
 
-class RoundStateError(RuntimeError):
+class RoundStateError(InputError):
     """A saved round does not match the run being resumed (different prompts, edited files)."""
 
 
@@ -70,17 +56,17 @@ class RoundStore:
 
     def save_chunk(self, r: int, c: int, kind: str, rows: list[dict], seconds: float) -> None:
         """`kind` is "samples" or "scores"; the rows first, then the timing (its key marks the kind done)."""
-        _write_jsonl(self._chunk(r, c, f"{kind}.jsonl", create=True), rows)
+        write_jsonl(self._chunk(r, c, f"{kind}.jsonl", create=True), rows)
         meta_path = self._chunk(r, c, "meta.json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         meta[f"{kind}_seconds"] = seconds
-        _write_atomic(meta_path, json.dumps(meta))
+        write_text(meta_path, json.dumps(meta))
 
     def load_chunk(self, r: int, c: int, kind: str, prompt_ids: list[str], num_samples: int) -> list[dict] | None:
         meta_path = self._chunk(r, c, "meta.json")
         if not meta_path.is_file() or f"{kind}_seconds" not in json.loads(meta_path.read_text()):
             return None
-        rows = _read_jsonl(self._chunk(r, c, f"{kind}.jsonl"))
+        rows = read_rows(self._chunk(r, c, f"{kind}.jsonl"))
         saved = [row["prompt_id"] for row in rows]
         if saved != [pid for pid in prompt_ids for _ in range(num_samples)]:
             raise RoundStateError(
@@ -97,25 +83,25 @@ class RoundStore:
     # plan ------------------------------------------------------------------------------------------------
     def save_plan(self, r: int, samples: list[dict], scores: list[dict], pairs: list[dict], plan: dict) -> None:
         folder = self.round_dir(r, create=True)
-        _write_jsonl(folder / "samples.jsonl", samples)
-        _write_jsonl(folder / "scores.jsonl", scores)
-        _write_jsonl(folder / "pairs.jsonl", pairs)
-        _write_atomic(folder / "plan.json", json.dumps(plan, indent=1))  # last: its presence means all are whole
+        write_jsonl(folder / "samples.jsonl", samples)
+        write_jsonl(folder / "scores.jsonl", scores)
+        write_jsonl(folder / "pairs.jsonl", pairs)
+        write_text(folder / "plan.json", json.dumps(plan, indent=1))  # last: its presence means all are whole
 
     def load_plan(self, r: int) -> tuple[list[dict], dict] | None:
         path = self.round_dir(r) / "plan.json"
         if not path.is_file():
             return None
-        return _read_jsonl(self.round_dir(r) / "pairs.jsonl"), json.loads(path.read_text())
+        return read_rows(self.round_dir(r) / "pairs.jsonl"), json.loads(path.read_text())
 
     def save_heldout(self, r: int, rows: list[dict]) -> None:
-        _write_jsonl(self.round_dir(r, create=True) / "heldout.jsonl", rows)
+        write_jsonl(self.round_dir(r, create=True) / "heldout.jsonl", rows)
 
     # completion ------------------------------------------------------------------------------------------
     def mark_complete(self, r: int, record: dict) -> None:
         """Record round `r` as complete (after its checkpoint exists) and rewrite `rounds.jsonl` from all rounds."""
-        _write_atomic(self.round_dir(r, create=True) / "complete.json", json.dumps(record, indent=1))
-        _write_jsonl(self.log_path, self.completed())
+        write_text(self.round_dir(r, create=True) / "complete.json", json.dumps(record, indent=1))
+        write_jsonl(self.log_path, self.completed())
 
     def completed(self) -> list[dict]:
         """Records of the complete rounds, in round order, stopping at the first round that is not complete."""
