@@ -53,7 +53,7 @@ fi
 # DeepSpeed on CPU compiles its shm_comm op at the first launch (2-3 minutes, no output). A build that was
 # interrupted leaves a lock behind, and every later launch then waits on it forever.
 if grep -q 'distributed_type:[[:space:]]*DEEPSPEED' "$accel" && ! command -v nvidia-smi >/dev/null 2>&1; then
-  ext="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"
+  ext="${TORCH_EXTENSIONS_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/torch_extensions}"
   lock="$(ls -d "$ext"/*/deepspeed_shm_comm/lock 2>/dev/null | head -n 1 || true)"
   if [[ -n "$lock" ]]; then
     age=$(( $(date +%s) - $(stat -c %Y "$lock") ))

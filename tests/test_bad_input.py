@@ -212,3 +212,21 @@ def test_quickstart_bad_inputs(work):
 def test_autoif_without_a_command_exits_2(work):
     done = autoif(cwd=work)
     assert done.returncode == 2 and "usage: autoif <command>" in done.stderr
+
+
+def test_ctrl_c_says_how_to_resume(work):
+    import signal
+    import time
+
+    v = write_lines(work / "V.jsonl", {"id": "spin", "code": "def evaluate(response):\n    while True:\n        pass\n"})
+    r = write_lines(work / "R.jsonl", *({"id": str(i), "response": "x", "verifiers": ["spin"]} for i in range(4)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "autoif_train.cli", "verify", "--verifiers", str(v), "--responses",
+                             str(r), "--out", str(work / "O.jsonl"), "--timeout", "60", "--workers", "1",
+                             "--no-progress"], cwd=work, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # scoring has started: the verifier spins until its 60 s timeout
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "autoif verify: interrupted; rerun the same command to resume" in err and "Traceback" not in err
+    assert not (work / "O.jsonl").exists()

@@ -355,7 +355,8 @@ def run_online_dpo(script_args, training_args, model_args, model_init_kwargs: di
     done = RoundStore(training_args.output_dir).completed()
     out_of_prompts = bool(done) and done[-1].get("prompt_end", 0) >= len(prompts)
     saved = any((Path(training_args.output_dir) / f).is_file() for f in ("config.json", "adapter_config.json"))
-    if done and (len(done) >= training_args.num_rounds or out_of_prompts) and saved:
+    heldout_missing = training_args.eval_every_round and bool(done) and "heldout_pass_rate" not in done[-1]
+    if done and (len(done) >= training_args.num_rounds or out_of_prompts) and saved and not heldout_missing:
         print(f"all {len(done)} rounds complete in {training_args.output_dir}; nothing left to train (raise "
               "num_rounds, or give a new output_dir to start over)")
         return OnlineDPOResult(output_dir=training_args.output_dir, rounds=done)
