@@ -189,3 +189,19 @@ def test_smollm2_every_stage(tmp_path):
     report = check_consistency(Path(cfg.output_dir))
     assert report["stages"]["cross_validation"]["rows_out"] >= 3
     assert report["stages"]["responses"]["details"]["responses"] == 3 * report["stages"]["responses"]["rows_in"]
+
+
+def test_a_missing_optional_decontamination_source_is_not_an_input_error(tmp_path):
+    """`decontamination_required: false` lets the stage skip an unloadable source, so the pre-flight input check
+    must not refuse it (it did, which failed synth runs on machines without ../shared); required sources are
+    still checked."""
+    from autoif_train.configs import RecipeError
+    from autoif_train.synth.config import check_inputs
+
+    seeds, queries = write_inputs(tmp_path)
+    missing = str(tmp_path / "absent" / "ifeval.jsonl")
+    optional = SynthConfig(output_dir=str(tmp_path / "run"), seed_instructions=str(seeds), query_source=str(queries),
+                           decontamination_sources=[missing], decontamination_required=False)
+    check_inputs(optional)
+    with pytest.raises(RecipeError, match="decontamination_sources"):
+        check_inputs(SynthConfig(**{**optional.to_dict(), "decontamination_required": True}))

@@ -164,7 +164,8 @@ def input_paths(config: SynthConfig) -> list[tuple[str, str]]:
     if config.query_source and is_local(config.query_source):
         paths.append(("query_source", config.query_source))
     paths += [("exclude_queries", p) for p in config.exclude_queries]
-    paths += [("decontamination_sources", s) for s in config.decontamination_sources if is_local(s)]
+    if config.decontamination_required:  # otherwise a missing source is skipped by the stage, with a note
+        paths += [("decontamination_sources", s) for s in config.decontamination_sources if is_local(s)]
     return paths
 
 
