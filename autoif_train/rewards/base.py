@@ -77,6 +77,15 @@ def row_field(row: Any, name: str, default: Any = None) -> Any:
     return extra.get(name, default) if isinstance(extra, dict) else default
 
 
+def prompt_text(row: Any) -> str:
+    """The row's prompt as text: a string `messages`/`prompt`, else the content of its last user turn ("" if none)."""
+    messages = row_field(row, "messages") or row_field(row, "prompt")
+    if isinstance(messages, str):
+        return messages
+    users = [m.get("content", "") for m in messages or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
 class Reward:
     """One reward. Subclasses set `name`, implement `applies(row)` and `score(rows, responses)`, and may implement
     `check(row) -> (field, problem) or None` (run on every row before training) and `close()`."""

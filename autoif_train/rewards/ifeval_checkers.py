@@ -20,7 +20,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from autoif_train.rewards.base import Reward, RewardError, Scores, row_field
+from autoif_train.rewards.base import Reward, RewardError, Scores, prompt_text, row_field
 
 REGISTRIES = ("if_verifiable.ifeval.instructions_registry", "if_verifiable.ifbench.instructions_registry")
 
@@ -67,14 +67,6 @@ def row_constraints(row: Any) -> tuple[list, list] | None:
     return ids, [k or {} for k in kwargs]
 
 
-def _prompt_text(row: Any) -> str:
-    messages = row_field(row, "messages") or row_field(row, "prompt")
-    if isinstance(messages, str):
-        return messages
-    users = [m.get("content", "") for m in messages or [] if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users else ""
-
-
 class IFEvalCheckersReward(Reward):
     """Fraction of a row's IFEval / IFBench constraints a response satisfies (see the module docstring)."""
 
@@ -116,7 +108,7 @@ class IFEvalCheckersReward(Reward):
             if key not in self._checked:  # missing NLTK data is an error, never a score
                 check_resources(set(ids), self.name)
                 self._checked.add(key)
-            bench_row = {"key": str(row_field(row, "id", "")), "prompt": _prompt_text(row),
+            bench_row = {"key": str(row_field(row, "id", "")), "prompt": prompt_text(row),
                          "instruction_id_list": ids, "kwargs": kwargs}
             strict = score_row(bench_row, response, self.registry)["strict"]
             out.results.append(list(strict))

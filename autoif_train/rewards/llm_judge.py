@@ -13,18 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from autoif_train.rewards.base import Reward, Scores, row_field
+from autoif_train.rewards.base import Reward, Scores, prompt_text, row_field
 
 
 def _request(row: Any) -> str:
     query = row_field(row, "query")
     if isinstance(query, str) and query.strip():
         return query
-    messages = row_field(row, "messages") or row_field(row, "prompt")
-    if isinstance(messages, str):
-        return messages
-    users = [m.get("content", "") for m in messages or [] if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users else ""
+    return prompt_text(row)
 
 
 class LLMJudgeReward(Reward):
