@@ -8,6 +8,7 @@ Usage:
     autoif eval --model PATH --benchmarks ifeval,verifiers --output_dir DIR
     autoif models prepare smollm2-135m-instruct
     autoif quickstart --output_dir runs/quickstart
+    autoif report runs/quickstart
 
 Every entry module exposes `cli(argv)`; `python -m autoif_train.<module>` runs the same code.
 """
@@ -21,12 +22,13 @@ import sys
 # subcommand -> (entry module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("autoif_train.quickstart", "Run the whole AutoIF loop on the embedded SmolLM2 model on CPU."),
-    "train": ("autoif_train.train", "Train a recipe: stage sft | dpo | online_dpo."),
+    "train": ("autoif_train.train", "Train a recipe: stage sft | dpo | online_dpo | grpo."),
     "plan": ("autoif_train.plan", "Per-GPU memory plan of a recipe: does it fit, what breaks it, what fixes it."),
     "synth": ("autoif_train.synthesize", "Synthesize verified SFT / DPO / online-DPO data from seed instructions."),
     "verify": ("autoif_train.verify", "Score responses with verifier functions in the sandboxed pool."),
     "eval": ("autoif_train.evaluate", "Evaluate checkpoints on IFEval, IFBench and held-out verifier pass rate."),
     "models": ("autoif_train.models", "Prepare the embedded default model (SmolLM2-135M-Instruct) offline."),
+    "report": ("autoif_train.report", "Plots and a markdown summary of an online-DPO or GRPO run from its logs."),
 }
 
 

@@ -114,7 +114,18 @@ class AutoIFDPOConfig(DPOConfig):
 
 
 @dataclass
-class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields):
+class VLLMEngineFields:
+    """What autoif-train adds to TRL's vLLM settings, for online DPO and GRPO alike (`generation.vllm_policy`)."""
+
+    vllm_enforce_eager: bool = field(default=True, metadata={"help": "Skip graph compilation (CPU)."})
+    vllm_sync_bucket_mb: float = field(
+        default=512.0, metadata={"help": "MiB of ZeRO-3 parameters gathered per collective in a weight push (0: one "
+                                         "tensor per gather)."}
+    )
+
+
+@dataclass
+class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields, VLLMEngineFields):
     """AutoIF iterative online DPO: sample K responses per prompt, score with the `rewards` (default: the prompts'
     verifier code, sandboxed; pool keys from `SandboxArgs`), build pairs with the pair rule (`data.pairs`:
     `chosen_threshold`, `rejected_threshold`, `max_chosen`, `max_rejected`, `truncated_samples`, `pair_ranking`),
@@ -158,11 +169,6 @@ class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields):
     vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "Offload vLLM weights/KV while training."})
     vllm_server_base_url: str | None = field(default=None, metadata={"help": "trl vllm-serve URL (server mode)."})
     vllm_server_timeout: float = field(default=240.0, metadata={"help": "Seconds to wait for the server."})
-    vllm_enforce_eager: bool = field(default=True, metadata={"help": "Skip graph compilation (CPU)."})
-    vllm_sync_bucket_mb: float = field(
-        default=512.0, metadata={"help": "MiB of ZeRO-3 parameters gathered per collective in a weight push (0: one "
-                                         "tensor per gather)."}
-    )
     eval_every_round: bool = field(default=False, metadata={"help": "Held-out verifier pass rate each round."})
 
     def __post_init__(self):
@@ -196,9 +202,10 @@ class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields):
 
 
 @dataclass
-class AutoIFGRPOConfig(GRPOConfig, RewardFields):
+class AutoIFGRPOConfig(GRPOConfig, RewardFields, VLLMEngineFields):
     """TRL `GRPOConfig` whose reward is the recipe's `rewards` (default: the prompts' verifier code, sandboxed);
-    `reward_weights` weigh those rewards (one per name), not TRL reward functions."""
+    `reward_weights` weigh those rewards (one per name), not TRL reward functions. With `use_vllm`, generation and
+    weight pushes go through `generation.vllm_policy` (CPU-aware engine, bucketed ZeRO-3 sync)."""
 
     bf16: bool | None = field(default=None, metadata={"help": "bf16 training; unset = bf16 on GPU, fp32 on CPU."})
 
@@ -283,6 +290,9 @@ def train_help(full: bool = False) -> str:
         "",
         "grpo (TRL GRPOConfig rewarded by `rewards`; --help-all lists every GRPOConfig field):",
         *field_help(AutoIFGRPOConfig, own_fields(AutoIFGRPOConfig) + ([] if not full else own_fields(GRPOConfig))),
+        "",
+        "vllm (online_dpo and grpo, on top of TRL's vllm_* fields):",
+        *field_help(OnlineDPOConfig, own_fields(VLLMEngineFields)),
         "",
         "dpo (TRL DPOConfig; AutoIF defaults):",
         *field_help(AutoIFDPOConfig, own_fields(AutoIFDPOConfig) + ([] if not full else own_fields(DPOConfig))),

@@ -9,7 +9,7 @@ Usage:
 Steps: prepare the model (`autoif models prepare`), greedy held-out verifier pass rate on
 `verifiers/heldout_prompts.jsonl` (verifiers run in the sandboxed pool), the online-DPO (or GRPO) recipe
 (`autoif_train.train`), the same held-out evaluation on the trained policy, then `OUT/report.json`,
-`OUT/pass_rate.png` and a before/after table. Extra `--field value` flags override the recipe (e.g.
+`OUT/pass_rate.png`, a before/after table and `OUT/report.md` with the run's plots (`autoif report`). Extra `--field value` flags override the recipe (e.g.
 `--num_rounds 1`). Rerunning with the same `--out` reuses the finished "before" evaluation and resumes training
 after its last complete round, so an interruption loses at most the round in progress.
 """
@@ -67,6 +67,7 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     from autoif_train.evaluation.verifier_pass_rate import load_verifier_prompts
     from autoif_train.models import resolve_model
     from autoif_train.train import main as train_main
+    from autoif_train.training.run_report import write_run_report
 
     start = time.time()
     out_dir = Path(out)
@@ -116,7 +117,9 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     write_json(out_dir / "report.json", report)
     plot_pass_rate(report, out_dir / "pass_rate.png")
     print_summary(report)
-    print(f"wall time {timings['total'] / 60:.1f} min; wrote {out_dir / 'report.json'} and {out_dir / 'pass_rate.png'}")
+    run_md = write_run_report(out_dir)  # plots of every round (online DPO) or step (GRPO), from the run's logs
+    print(f"wall time {timings['total'] / 60:.1f} min; wrote {out_dir / 'report.json'}, {out_dir / 'pass_rate.png'} "
+          f"and {run_md} (`autoif report {out_dir}` redraws it)")
     return report
 
 

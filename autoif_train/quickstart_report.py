@@ -79,15 +79,21 @@ def plot_pass_rate(report: dict, path: Path) -> None:
         ax.plot([r["round"] for r in rounds], [100 * r["mean_pass_rate"] for r in rounds], "o-",
                 label="training prompts: sampled responses")
     held = report["held_out"]
-    ax.plot([0, n], [100 * held["before"]["pass_rate"], 100 * held["after"]["pass_rate"]], "s--", color="C3",
+    end = max(n, 1)  # GRPO logs steps, not rounds: before at 0, after at 1
+    ax.plot([0, end], [100 * held["before"]["pass_rate"], 100 * held["after"]["pass_rate"]], "s--", color="C3",
             label="held-out prompts: greedy")
-    ax.set_xlabel("online DPO rounds completed")
+    for x, phase in ((0, "before"), (end, "after")):
+        value = 100 * held[phase]["pass_rate"]
+        ax.annotate(f"{value:.1f}%", (x, value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    stage = report.get("settings", {}).get("stage", "online_dpo")
+    ax.set_xlabel("online DPO rounds completed" if stage == "online_dpo" else f"{stage}: before / after training")
     ax.set_ylabel("verifier pass rate (%)")
-    ax.set_xticks(range(0, n + 1))
+    ax.set_xticks(range(0, end + 1))
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("AutoIF quickstart: verifier pass rate per round")
+    n_heldout = report.get("settings", {}).get("heldout_prompts")
+    ax.set_title("AutoIF quickstart: verifier pass rate" + (f" (held-out n={n_heldout})" if n_heldout else ""))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -290,3 +290,33 @@ def test_weight_sync_is_planned_in_buckets_at_70b():
         term = next(t for t in plan.terms if t.name.startswith("weight sync"))
         assert term.bytes == max(512 * 2**20, 2 * shape.embedding_params) + (expected - 2 * shape.embedding_params)
         assert term.bytes < 2 * shape.total_params / 25  # a few GiB, not the 131 GiB model
+
+
+# ----- GRPO --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["llama3-8b", "qwen2-7b"])
+def test_grpo_recipe_is_planned_as_a_sampling_stage(name, capsys):
+    """GRPO samples (vLLM colocate) and trains one sequence per completion: a sampling phase, the KL reference at
+    beta > 0, activations of micro-batch x 1 sequence, and per-rank completions from its own batch fields."""
+    recipe = str(RECIPES / name / "grpo.yaml")
+    plan = plan_recipe(recipe)
+    s = plan.settings
+    assert plan.fits, plan.problems
+    assert s.online and plan.phases == ("train", "sample")
+    raw = yaml.safe_load(Path(recipe).read_text())
+    assert s.num_samples == raw["num_generations"] and s.max_new_tokens == raw["max_completion_length"]
+    assert s.rank_completions == raw["per_device_train_batch_size"] * raw["gradient_accumulation_steps"]
+    assert s.sequences_per_example == 1
+    assert any(t.name == "reference model" for t in plan.terms) == (raw["beta"] != 0)
+    assert any(t.name.startswith("vLLM weights") for t in plan.terms)
+    e = plan.vllm  # colocate: each engine samples its rank's completions (x TP)
+    assert e["seqs"] == -(-s.rank_completions // s.num_samples) * s.num_samples * e["tp"]
+    dpo_like = replace(s, stage="online_dpo")
+    assert activation_bytes(plan.shape, dpo_like, True) > activation_bytes(plan.shape, s, True)
+    assert cli.main(["plan", recipe]) == 0
+    out = capsys.readouterr().out
+    assert "completions" in out and "sampling topology:" in out and "no sampling" not in out
+
+
+def test_grpo_at_beta_zero_has_no_reference_model():
+    plan = plan_recipe(str(RECIPES / "llama3-8b" / "grpo.yaml"), overrides=["--beta", "0.0"])
+    assert not plan.settings.reference and not any(t.name == "reference model" for t in plan.terms)

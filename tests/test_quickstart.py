@@ -99,6 +99,16 @@ def test_smoke_run_writes_a_well_formed_report_and_resumes(tiny_model_dir, tmp_p
     assert report["held_out"]["after"]["pass_rate"] == pytest.approx(
         sum(r["pass_rate"] for r in after["records"]) / 4)
 
+    # the run report (`autoif report`): one table row per round, plots drawn from rounds.jsonl
+    md = (out / "report.md").read_text()
+    rounds_log = [json.loads(x) for x in (out / "online_dpo" / "rounds.jsonl").read_text().splitlines()]
+    assert "## Held-out verifier pass rate" in md and "| before |" in md and "## Rounds" in md
+    table = md.split("## Rounds")[1].split("## Plots")[0]
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")] == ["round", "0", "1"]
+    assert f"{rounds_log[1]['mean_pass_rate']:.3f}" in md
+    assert (out / "report" / "pass_rate_per_round.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / "report" / "DPO_loss_and_margins.png").read_bytes()[:8] == PNG_MAGIC
+
     trained_pairs = sum(r["pairs"] for r in report["rounds"])
     assert trained_pairs > 0, "parity verifiers on 4 samples should give at least one pair"
     old, new = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "online_dpo" / "model.safetensors")
@@ -132,3 +142,9 @@ def test_grpo_variant_writes_the_same_report(tiny_model_dir, tmp_path):
     assert after["meta"]["model"] == str(out / "grpo")
     old, new = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "grpo" / "model.safetensors")
     assert any(not torch.equal(old[k], new[k]) for k in old), "GRPO did not change the weights"
+    # GRPO's log history is kept and reported per step
+    steps = [json.loads(x) for x in (out / "grpo" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "reward" in r] == [1, 2]
+    md = (out / "report.md").read_text()
+    assert "## Steps" in md and "mean reward (pass rate)" in md
+    assert (out / "report" / "reward_per_step.png").read_bytes()[:8] == PNG_MAGIC

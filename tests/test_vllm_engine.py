@@ -236,7 +236,72 @@ def scenario_eot(work: Path) -> dict:
     return report
 
 
-SCENARIOS = {"eot": scenario_eot, "online": scenario_online, "online_lora": scenario_online_lora, "backend": scenario_backend, "zero3": scenario_zero3}
+def scenario_grpo(work: Path) -> dict:
+    """`stage: grpo` with colocated vLLM on a model whose eos differs from the chat end-of-turn: completions stop at
+    <|im_end|>, rewards come from the sandboxed verifiers, and the engine serves the trained weights after a sync."""
+    from transformers import AutoTokenizer
+
+    from autoif_train.configs import parse_recipe
+    from autoif_train.train import main
+    from autoif_train.training import grpo
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import build_eot_model
+
+    model_dir = build_eot_model(work / "model", hidden_size=64, heads=2, kv_heads=1)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    seen, trainers = [], []
+    real_call, real_init = grpo.RewardFunction.__call__, grpo.AutoIFGRPOTrainer.__init__
+
+    def recording_call(self, prompts, completions, row_index, completion_ids=None, **kwargs):
+        out = real_call(self, prompts, completions, row_index, **kwargs)
+        seen.append({"completion_ids": [list(map(int, c)) for c in completion_ids], "rewards": list(out)})
+        return out
+
+    def keeping_init(self, *a, **k):
+        real_init(self, *a, **k)
+        trainers.append(self)
+
+    grpo.RewardFunction.__call__, grpo.AutoIFGRPOTrainer.__init__ = recording_call, keeping_init
+    script_args, args, model_args = parse_recipe(
+        str(ROOT / "recipes" / "tiny" / "grpo.yaml"),
+        ["--model_name_or_path", str(model_dir), "--output_dir", str(work / "run"), "--use_vllm", "true",
+         "--vllm_mode", "colocate", "--vllm_max_model_length", "256", "--max_steps", "2",
+         "--learning_rate", "5e-2"])
+    result = main(script_args, args, model_args)
+    trainer = trainers[0]
+    generation = trainer.vllm_generation
+    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+    completion_ids = tok(FIXED_COMPLETION, add_special_tokens=False)["input_ids"]
+
+    def vllm_logprobs():
+        from vllm import SamplingParams
+
+        out = generation.llm.generate([{"prompt_token_ids": prompt_ids + completion_ids}], use_tqdm=False,
+                                      sampling_params=SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
+        return [e[t].logprob for e, t in zip(out.prompt_logprobs[len(prompt_ids):], completion_ids, strict=True)]
+
+    gathers = generation.gathers
+    generation.sync_weights()  # the last step's update is pushed at the next generation; push it now
+    report = {"generation_class": type(generation).__name__, "gathers_during_training": gathers,
+              "after_vllm": vllm_logprobs(), "after_hf": hf_logprobs(trainer.model, prompt_ids, completion_ids),
+              "before_hf": hf_logprobs(_load(model_dir), prompt_ids, completion_ids),
+              "seen": seen, "im_end": tok.convert_tokens_to_ids("<|im_end|>"), "eos": tok.eos_token_id,
+              "eos_ids": list(trainer.eos_token_ids), "train_loss": result.metrics.get("train_loss")}
+    return report
+
+
+def _load(path: Path):
+    """The transformers model saved at `path` (the untrained weights)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path))
+
+
+SCENARIOS = {"eot": scenario_eot, "online": scenario_online, "online_lora": scenario_online_lora, "backend": scenario_backend, "zero3": scenario_zero3,
+             "grpo": scenario_grpo}
 
 
 def run_scenario(name: str, tmp_path: Path) -> dict:
@@ -292,6 +357,12 @@ def zero3_reports(tmp_path_factory):
     if proc.returncode != 0 or not all(p.exists() for p in reports):
         pytest.fail(f"zero3 scenario failed (rc={proc.returncode}):\n{proc.stderr[-6000:]}")
     return [json.loads(p.read_text()) for p in reports]
+
+
+@pytest.fixture(scope="module")
+def grpo_report(tmp_path_factory):
+    pytest.importorskip("vllm")
+    return run_scenario("grpo", tmp_path_factory.mktemp("vllm-grpo"))
 
 
 @pytest.fixture(scope="module")
@@ -412,6 +483,23 @@ def test_zero3_sync_gathers_the_shards(zero3_reports):
         assert report["bucketed_gathers"] == 1 and report["per_tensor_gathers"] == report["num_params"]
     rounds = zero3_reports[0]["rounds"]
     assert [r["round"] for r in rounds] == [0] and rounds[0]["pairs"] > 0 and rounds[0]["train_steps"] >= 1
+
+
+def test_grpo_samples_through_vllm_and_pushes_the_trained_weights(grpo_report):
+    r = grpo_report
+    # TRL's VLLMGeneration was replaced by the project's (CPU engine settings, bucketed ZeRO-3 sync)
+    assert r["generation_class"] == "AutoIFVLLMGeneration" and r["gathers_during_training"] >= 1
+    assert r["train_loss"] == r["train_loss"]  # not NaN
+    # eos (<|endoftext|>) is not the chat end of turn: completions still end at <|im_end|>, never run past it
+    assert r["eos"] != r["im_end"] and r["im_end"] in r["eos_ids"]
+    completions = [c for call in r["seen"] for c in call["completion_ids"]]
+    assert len(completions) >= 8
+    assert sum(c[-1] == r["im_end"] for c in completions if c) >= 2
+    assert all(r["im_end"] not in c[:-1] for c in completions)
+    assert all(x is None or 0.0 <= x <= 1.0 for call in r["seen"] for x in call["rewards"])
+    # after the sync the engine serves the trained weights, which training moved
+    assert r["after_vllm"] == pytest.approx(r["after_hf"], abs=1e-3)
+    assert abs(sum(r["after_hf"]) - sum(r["before_hf"])) > 0.05
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ from autoif_train.generation.vllm_engine import (
 logger = logging.getLogger(__name__)
 
 
-def _generation_class():
-    """`VLLMGeneration` subclass whose colocated engine starts with our engine settings (imported lazily)."""
+def generation_class():
+    """`VLLMGeneration` subclass whose colocated engine starts with our engine settings (imported lazily); the
+    online-DPO `VLLMPolicy` and the GRPO trainer (`training.grpo`) both generate and push weights through it."""
     from trl.generation.vllm_generation import VLLMGeneration
 
     class AutoIFVLLMGeneration(VLLMGeneration):
@@ -98,7 +99,8 @@ def _generation_class():
                 max_model_len=self.max_model_length, seed=accelerator.process_index // tp,
                 distributed_executor_backend="external_launcher", max_num_batched_tokens=4096,
                 max_num_seqs=self.max_num_seqs, enable_sleep_mode=self.enable_sleep_mode,
-                trust_remote_code=self.trust_remote_code, **self.extra_engine_kwargs,
+                trust_remote_code=self.trust_remote_code, model_impl=getattr(self, "model_impl", "auto"),
+                **self.extra_engine_kwargs,
             )
             self.llm = LLM(**kwargs)
             if self.enable_sleep_mode:
@@ -179,7 +181,7 @@ class VLLMPolicy:
                                         getattr(config, "stop_token_ids", None))
         self.gen_config = policy_generation_config(config)
         params = vllm_kwargs(self.gen_config, self.stop_ids)
-        generation_cls = _generation_class()
+        generation_cls = generation_class()
         self.generation = generation_cls(
             model=model, accelerator=trainer.accelerator, processing_class=self.tokenizer, mode=self.mode,
             server_base_url=getattr(config, "vllm_server_base_url", None),

@@ -122,7 +122,7 @@ def settings_from_args(script_args, training_args, model_args, weight_bytes: int
         half = training_args.bf16 or training_args.fp16 or str(model_args.dtype).lower() in HALF_PRECISION
         weight_bytes = 2 if half else 4
     get = lambda name, default: getattr(training_args, name, default)  # noqa: E731 - SFT/DPO lack the online fields
-    return Settings(
+    fields = dict(
         stage=script_args.stage, weight_bytes=weight_bytes, use_peft=bool(model_args.use_peft),
         lora_r=model_args.lora_r or 16, per_device_train_batch_size=training_args.per_device_train_batch_size,
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
@@ -139,6 +139,21 @@ def settings_from_args(script_args, training_args, model_args, weight_bytes: int
         epochs_per_round=get("epochs_per_round", 1.0), verifier_workers=get("verifier_workers", 2),
         prompt_tokens=prompt_tokens,
     )
+    if script_args.stage == "grpo":
+        fields.update(grpo_settings(training_args))
+    return Settings(**fields)
+
+
+def grpo_settings(training_args) -> dict:
+    """GRPO's sampling in `Settings` terms: K = num_generations, each rank samples per_device_train_batch_size x
+    steps_per_generation completions per generation batch in one call, a reference model only when beta > 0."""
+    steps = training_args.steps_per_generation or training_args.gradient_accumulation_steps
+    completions = training_args.per_device_train_batch_size * steps
+    return {"num_samples": training_args.num_generations, "max_new_tokens": training_args.max_completion_length,
+            "rank_completions": completions, "generation_batch_size": completions,
+            "reference": training_args.beta != 0.0, "max_chosen": 1, "max_rejected": 1,
+            # TRL does not truncate GRPO prompts: a sequence is the prompt + completion, capped by vLLM's context
+            "max_length": training_args.vllm_max_model_length or 2**31}
 
 
 def check_fits(script_args, training_args, model_args, *, hardware: Hardware | None = None,

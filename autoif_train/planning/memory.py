@@ -1,13 +1,14 @@
 """Per-GPU memory of a training recipe, phase by phase, and whether it fits.
 
-Two phases share each GPU: the DPO (or SFT) train step, and sampling (online DPO only). A term is resident in one or
+Two phases share each GPU: the train step, and sampling (online DPO and GRPO). A term is resident in one or
 both. The terms, per GPU (P parameters, N training GPUs, L largest layer, b bytes per weight):
 
 - model states: DeepSpeed's own estimators (`estimate_zero3_model_states_mem_needs` / `..._zero2_...`), split into
   ZeRO-3: params 2P/N + 2L, grads 4P/N + 2L, optimizer 12P/N; ZeRO-1/2: params 2P, grads 6P/N, optimizer 12P/N;
   DDP / one process (no DeepSpeed): params bP, grads bP, AdamW moments 2bP.
-- reference model (DPO stages without LoRA): ZeRO-3 shards it (2P/N), ZeRO-2 / DDP keep a full copy (bP).
-- activations of one micro-batch of T = batch x (2 for chosen + rejected) x sequence tokens:
+- reference model (DPO stages and GRPO with beta > 0, without LoRA): ZeRO-3 shards it (2P/N), ZeRO-2 / DDP keep a
+  full copy (bP).
+- activations of one micro-batch of T = batch x (2 for DPO's chosen + rejected, 1 for SFT and GRPO) x sequence tokens:
   without checkpointing T x layers x 2 B x (10h + 3 kv d + 4i); with it T x layers x h x 2 B (saved layer inputs) plus
   one layer's full set; plus logits T x vocab x 4 B (bf16 logits and their gradient).
 - vLLM colocate: the engine holds `vllm_gpu_memory_utilization` x GPU memory: weights bP / TP, the rest is KV cache
@@ -95,10 +96,24 @@ class Settings:
     epochs_per_round: float = 1.0
     verifier_workers: int = 2
     prompt_tokens: int = 256  # assumed prompt length (chat template included)
+    reference: bool = True  # GRPO with beta 0 loads no reference model
+    rank_completions: int | None = None  # GRPO: completions each rank samples per generation batch
 
     @property
     def online(self) -> bool:
-        return self.stage == "online_dpo"
+        """Whether the stage samples from the policy (online DPO rounds, GRPO generation batches)."""
+        return self.stage in ("online_dpo", "grpo")
+
+    @property
+    def sequences_per_example(self) -> int:
+        """Sequences per training example: DPO's chosen + rejected, one for SFT and GRPO."""
+        return 2 if self.stage in ("dpo", "online_dpo") else 1
+
+    def prompts_per_rank(self, world: int) -> int:
+        """Prompts a rank samples per round (online DPO) or per generation batch (GRPO)."""
+        if self.rank_completions is not None:
+            return max(1, math.ceil(self.rank_completions / self.num_samples))
+        return math.ceil(self.prompts_per_round / world)
 
 
 @dataclass
@@ -207,7 +222,7 @@ def model_state_terms(shape: ModelShape, s: Settings, hw: Hardware) -> tuple[lis
 
 
 def reference_term(shape: ModelShape, s: Settings, hw: Hardware) -> Term | None:
-    if s.stage == "sft" or s.use_peft:
+    if s.stage == "sft" or s.use_peft or not s.reference:
         return None  # SFT has none; LoRA's reference is the base model with the adapter disabled
     if hw.distributed == "deepspeed" and hw.zero_stage == 3:
         return Term("reference model", 0 if hw.offload_params else int(2 * shape.total_params / hw.world),
@@ -217,13 +232,13 @@ def reference_term(shape: ModelShape, s: Settings, hw: Hardware) -> Term | None:
 
 # ----- activations -----------------------------------------------------------------------------------------------
 def sequence_tokens(s: Settings) -> int:
-    """Tokens of one training sequence: prompt + completion for online DPO (capped by max_length), else max_length."""
+    """Tokens of one training sequence: prompt + completion when sampled (capped by max_length), else max_length."""
     return min(s.max_length, s.prompt_tokens + s.max_new_tokens) if s.online else s.max_length
 
 
 def activation_bytes(shape: ModelShape, s: Settings, checkpointing: bool) -> int:
     """Activation memory of one micro-batch (formula in the module docstring)."""
-    tokens = s.per_device_train_batch_size * (1 if s.stage == "sft" else 2) * sequence_tokens(s)
+    tokens = s.per_device_train_batch_size * s.sequences_per_example * sequence_tokens(s)
     h, i, kvd = shape.hidden_size, shape.intermediate_size, shape.num_kv_heads * shape.head_dim
     per_layer_token = 2 * (10 * h + 3 * kvd + 4 * i)
     logits = tokens * shape.vocab_size * 4
@@ -247,9 +262,9 @@ def vllm_engine(shape: ModelShape, s: Settings, hw: Hardware, share: float) -> d
     seq = s.prompt_tokens + s.max_new_tokens
     need_one = max_model_len(shape, s) * per_token
     if s.vllm_mode == "colocate":
-        prompts = math.ceil(s.prompts_per_round / hw.world) * tp
+        prompts = s.prompts_per_rank(hw.world) * tp
     else:
-        prompts = s.prompts_per_round
+        prompts = s.prompts_per_rank(hw.world) * hw.world
     seqs = prompts * s.num_samples
     concurrent = max(0, min(seqs, VLLM_MAX_NUM_SEQS, kv_room // (seq * per_token) if kv_room > 0 else 0))
     return {"tp": tp, "share": share, "reserved": reserved, "weights": weights, "kv_room": kv_room,
@@ -264,7 +279,7 @@ def transformers_sampling_terms(shape: ModelShape, s: Settings, hw: Hardware) ->
     if hw.distributed == "deepspeed" and hw.zero_stage == 3:
         terms.append(Term("transformers sampling: gathered full model", s.weight_bytes * shape.total_params,
                           (SAMPLE,), "ZeRO-3 gathers P on every rank"))
-    batch = min(s.generation_batch_size, math.ceil(s.prompts_per_round / hw.world))
+    batch = min(s.generation_batch_size, s.prompts_per_rank(hw.world))
     kv = batch * s.num_samples * (s.prompt_tokens + s.max_new_tokens) * shape.kv_bytes_per_token(s.weight_bytes)
     terms.append(Term("transformers sampling: KV cache", kv, (SAMPLE,),
                       f"{batch} prompts x K={s.num_samples} x {s.prompt_tokens + s.max_new_tokens} tokens"))

@@ -41,7 +41,8 @@ def _decode_seconds(weights_bytes: float, concurrent: int, ctx: float, kv_per_to
 
 
 def round_time(plan: Plan) -> list[str]:
-    """Rough seconds per online round: sampling, weight sync, training (assumptions in the module docstring)."""
+    """Rough seconds per online round (GRPO: per generation batch): sampling, weight sync, training (assumptions in
+    the module docstring)."""
     s, hw, shape = plan.settings, plan.hardware, plan.shape
     p, world = shape.total_params, hw.world
     avg_ctx = s.prompt_tokens + s.max_new_tokens / 2
@@ -53,7 +54,7 @@ def round_time(plan: Plan) -> list[str]:
         waves = math.ceil(e["seqs"] / e["concurrent"])
         sample_s = waves * _decode_seconds(e["weights"], e["concurrent"], avg_ctx, e["kv_per_token"],
                                            s.max_new_tokens, hw, VLLM_DECODE_EFFICIENCY)
-        tokens = s.prompts_per_round * s.num_samples * s.max_new_tokens
+        tokens = s.prompts_per_rank(world) * world * s.num_samples * s.max_new_tokens
         lines.append(f"sampling   {sample_s:8.0f} s  {tokens:,} new tokens; {waves} wave(s) of {e['concurrent']} "
                      f"sequences per engine, decode memory-bound at {VLLM_DECODE_EFFICIENCY:.0%} of "
                      f"{hw.hbm_tbps} TB/s")
@@ -64,7 +65,7 @@ def round_time(plan: Plan) -> list[str]:
                          f"{s.weight_bytes * p / GiB:.0f} GiB (~1 ms each + 50 GB/s; per tensor: "
                          f"{shape.num_tensors})")
     else:
-        per_rank = math.ceil(s.prompts_per_round / world)
+        per_rank = s.prompts_per_rank(world)
         batch = max(1, min(s.generation_batch_size, per_rank))
         calls = math.ceil(per_rank / batch)
         sample_s = calls * _decode_seconds(s.weight_bytes * p, batch * s.num_samples, avg_ctx,
@@ -72,11 +73,16 @@ def round_time(plan: Plan) -> list[str]:
                                            HF_DECODE_EFFICIENCY)
         lines.append(f"sampling   {sample_s:8.0f} s  transformers generate: {calls} call(s) of {batch} prompts x "
                      f"K={s.num_samples} per rank, decode at {HF_DECODE_EFFICIENCY:.0%} of {hw.hbm_tbps} TB/s")
-    pairs = s.prompts_per_round * s.max_chosen * s.max_rejected * s.epochs_per_round
-    flops_per_token = (6 + (2 if s.gradient_checkpointing else 0) + (0 if s.use_peft else 2)) * p
-    train_s = pairs * 2 * sequence_tokens(s) * flops_per_token / (world * hw.gpu_tflops * 1e12 * MFU)
-    steps = math.ceil(pairs / (world * s.per_device_train_batch_size * s.gradient_accumulation_steps))
-    lines.append(f"training   {train_s:8.0f} s  <= {pairs:,.0f} pairs ({steps} optimizer steps) x 2 x "
+    if s.rank_completions is not None:  # GRPO: every sampled completion is one training sequence
+        examples, unit = s.rank_completions * world, "completions"
+    else:
+        examples, unit = s.prompts_per_round * s.max_chosen * s.max_rejected * s.epochs_per_round, "pairs"
+    reference = s.reference and not s.use_peft
+    flops_per_token = (6 + (2 if s.gradient_checkpointing else 0) + (2 if reference else 0)) * p
+    seqs = s.sequences_per_example
+    train_s = examples * seqs * sequence_tokens(s) * flops_per_token / (world * hw.gpu_tflops * 1e12 * MFU)
+    steps = math.ceil(examples / (world * s.per_device_train_batch_size * s.gradient_accumulation_steps))
+    lines.append(f"training   {train_s:8.0f} s  <= {examples:,.0f} {unit} ({steps} optimizer steps) x {seqs} x "
                  f"{sequence_tokens(s)} tokens at {MFU:.0%} of {hw.gpu_tflops:.0f} TFLOP/s per GPU")
     return lines
 
@@ -86,7 +92,7 @@ def topology(plan: Plan) -> list[str]:
     s, hw = plan.settings, plan.hardware
     if not s.online:
         return [f"no sampling (stage {s.stage})"]
-    per_rank = math.ceil(s.prompts_per_round / hw.world)
+    per_rank = s.prompts_per_rank(hw.world)
     if not s.use_vllm:
         return [f"transformers generate on every rank: {per_rank} prompts x K={s.num_samples} per rank per round, "
                 f"{min(s.generation_batch_size, per_rank)} prompts per generate() call"]
@@ -101,7 +107,7 @@ def topology(plan: Plan) -> list[str]:
                 f"(share {e['share']:.2f}); weights pushed over NCCL")
     return [
         head,
-        f"per engine per round: {e['prompts']} prompts x K={s.num_samples} = {e['seqs']} sequences of <= {seq} "
+        f"per engine per {'generation batch' if s.rank_completions else 'round'}: {e['prompts']} prompts x K={s.num_samples} = {e['seqs']} sequences of <= {seq} "
         f"tokens; KV {e['kv_per_token'] / 1024:.0f} KiB/token/GPU, {e['batch_kv'] / GiB:.1f} GiB for the whole batch",
         f"KV room {max(0, e['kv_room']) / GiB:.1f} GiB per GPU -> {e['concurrent']} sequences at once "
         f"(vLLM max_num_seqs {256}); max_model_len {e['max_model_len']} needs {e['need_one'] / GiB:.2f} GiB",
@@ -134,7 +140,7 @@ def render(plan: Plan, recipe: str = "") -> str:
     out += ["", "sampling topology:"] + [f"  {line}" for line in topology(plan)]
     if s.online and s.use_vllm and hw.distributed == "deepspeed" and hw.zero_stage == 3:
         gather = s.weight_bytes * shape.total_params
-        kv = min(s.generation_batch_size, math.ceil(s.prompts_per_round / hw.world)) * s.num_samples * (
+        kv = min(s.generation_batch_size, s.prompts_per_rank(hw.world)) * s.num_samples * (
             s.prompt_tokens + s.max_new_tokens) * shape.kv_bytes_per_token(s.weight_bytes)
         out.append(f"  (use_vllm: false would gather {gather / GiB:.1f} GiB per rank plus {kv / GiB:.1f} GiB of "
                    "KV cache)")

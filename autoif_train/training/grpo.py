@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl import GRPOTrainer
 
+from autoif_train.core.io import write_jsonl
 from autoif_train.data.rows import PromptRow
 
 logger = logging.getLogger(__name__)
@@ -62,10 +64,36 @@ class RewardFunction:
 
 
 class AutoIFGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer whose completions end at every end-of-turn id (eos, generation config, chat template)."""
+    """TRL's GRPOTrainer whose completions end at every end-of-turn id (eos, generation config, chat template).
+
+    With `use_vllm`, TRL's `VLLMGeneration` is replaced by the project's (`generation.vllm_policy.generation_class`):
+    the colocated engine starts with the CPU-aware settings of `generation.vllm_engine`, weight pushes gather ZeRO-3
+    shards `vllm_sync_bucket_mb` MiB at a time and merge LoRA per module, and on CPU the push reloads in place.
+    """
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        config = kwargs.get("args")
+        if config is None or not config.use_vllm:
+            super().__init__(*args, **kwargs)
+        else:
+            import functools
+
+            import trl.trainer.grpo_trainer as trl_grpo
+
+            from autoif_train.generation.vllm_engine import check_max_model_len, require_vllm
+            from autoif_train.generation.vllm_policy import generation_class
+
+            require_vllm("use_vllm: true")
+            if config.vllm_mode == "colocate":
+                check_max_model_len(str(kwargs["model"]), config.vllm_max_model_length)
+            trl_class = trl_grpo.VLLMGeneration  # TRL builds it by this module-level name in __init__
+            trl_grpo.VLLMGeneration = functools.partial(
+                generation_class(), extra_engine_kwargs={"enforce_eager": config.vllm_enforce_eager},
+                sync_bucket_mb=config.vllm_sync_bucket_mb)
+            try:
+                super().__init__(*args, **kwargs)
+            finally:
+                trl_grpo.VLLMGeneration = trl_class
         from autoif_train.generation.chat import end_of_turn_ids
 
         ids = end_of_turn_ids(self._tokenizer, self.model.generation_config)
@@ -128,8 +156,9 @@ def run_grpo(script_args, training_args, model_args, model_init_kwargs: dict) ->
     finally:
         reward_fn.close()
 
-    # ----- Save
+    # ----- Save (the log history, restored with a checkpoint on resume, feeds `autoif report`)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(training_args.output_dir)
+        write_jsonl(Path(training_args.output_dir) / "train_log.jsonl", trainer.state.log_history)
     return GRPOResult(training_args.output_dir, dict(output.metrics))
