@@ -84,13 +84,24 @@ def model_slug(model: str) -> str:
 
 def run(args: EvalArgs) -> dict:
     """Generate greedily with every model on every benchmark, score, and write the report into `output_dir`."""
-    from autoif_train.evaluation.report import markdown_table, write_report
+    from autoif_train.evaluation.report import (
+        check_compatible,
+        data_hash,
+        markdown_table,
+        model_fingerprint,
+        write_report,
+    )
     from autoif_train.generation import GenerationConfig, build_generator
     from autoif_train.models import resolve_model
 
     loaded = {name: load_benchmark(name, args) for name in args.benchmarks}  # every row validated first
     paths = {model: resolve_model(model) for model in args.model}  # a missing local folder fails here
     out_dir = Path(args.output_dir)
+    settings = {name: {"prompts": len(bench.prompts()), "limit": args.limit, "max_new_tokens": args.max_new_tokens,
+                       "backend": args.backend, "data_sha256": data_hash(bench.prompts())}
+                for name, bench in loaded.items()}
+    for name in loaded:  # before any generation: a run measured differently is refused, not mixed in
+        check_compatible(out_dir, name, settings[name])
     config = GenerationConfig(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens, seed=0)
     kwargs = dict(args.backend_kwargs)
     if args.backend == "transformers":
@@ -111,10 +122,13 @@ def run(args: EvalArgs) -> dict:
                     write_jsonl(path, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)])
                     metrics, records = bench.score(responses, pool)
                     write_jsonl(path, records)
-                    merged = write_report(out_dir, {model: {name: metrics}})
+                    result = {**metrics, "settings": {**settings[name], "model_sha256": model_fingerprint(paths[model])}}
+                    merged = write_report(out_dir, {model: {name: result}})
             finally:
                 generator.close()
     print(markdown_table({m: merged[m] for m in args.model}), end="")
+    print(f"wrote {out_dir / 'results.json'}, {out_dir / 'results.md'}, {out_dir / 'results.png'} and the responses "
+          f"with per-check results under {out_dir / 'responses'}")
     return merged
 
 

@@ -47,16 +47,33 @@ def test_eval_writes_results_table_chart_and_responses(tiny_model_dir, fresh_tin
         rows = [json.loads(line) for line in (responses / f"{name}.jsonl").read_text().splitlines()]
         assert len(rows) == count and all(isinstance(r["response"], str) for r in rows)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert capsys.readouterr().out.startswith("| model | ifeval prompt_strict")
+    printed = capsys.readouterr().out
+    assert printed.startswith("| model | ifeval prompt_strict") and f"wrote {out / 'results.json'}" in printed
+    # every result carries how it was measured
+    ifeval_settings = results[model]["ifeval"]["settings"]
+    assert ifeval_settings["prompts"] == 3 and ifeval_settings["limit"] == 3 and ifeval_settings["max_new_tokens"] == 8
+    assert ifeval_settings["backend"] == "transformers" and len(ifeval_settings["data_sha256"]) == 64
+    assert "ifeval: n=3, limit 3, max_new_tokens 8" in (out / "results.md").read_text()
 
-    # A second model evaluated later into the same folder lands beside the first; nothing is lost.
+    # A second model evaluated later with the same settings lands beside the first; nothing is lost.
     other = str(fresh_tiny_model_dir)
-    main([other], ["ifeval"], str(out), data=str(ifeval_path), limit=2, max_new_tokens=4)
+    main([other], ["ifeval"], str(out), data=str(ifeval_path), limit=3, max_new_tokens=8)
     merged = json.loads((out / "results.json").read_text())
     assert set(merged) == {model, other}
     assert merged[model] == results[model]
+    assert len(merged[other]["ifeval"]["settings"]["model_sha256"]) == 64
     table = (out / "results.md").read_text().splitlines()
-    assert len(table) == 4 and table[3].startswith(f"| {other} |")
+    assert table[3].startswith(f"| {other} |")
+
+    # Measured differently (4 new tokens, 2 prompts): refused before any generation, nothing changed
+    capsys.readouterr()
+    code = cli(["--model", str(fresh_tiny_model_dir), "--benchmarks", "ifeval", "--data", str(ifeval_path),
+                "--limit", "2", "--max-new-tokens", "4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Loading weights" not in err
+    assert f"{out / 'results.json'}: field '{model}.ifeval.settings'" in err
+    assert "max_new_tokens 8 there, 4 now" in err and "prompts 3 there, 2 now" in err
+    assert json.loads((out / "results.json").read_text()) == merged
 
 
 def test_bad_benchmark_name_fails_before_loading_models(tmp_path):
