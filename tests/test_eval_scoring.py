@@ -146,6 +146,13 @@ def test_ifbench_missing_nltk_data_is_a_clear_error(tmp_path):
     row = {"key": "sw", "prompt": "p", "instruction_id_list": ["ratio:stop_words"], "kwargs": [{"percentage": 40}]}
     with pytest.raises(MissingCheckerData, match=r"ratio:stop_words.*stopwords.*nltk.downloader"):
         load_ifbench(_write_jsonl(tmp_path / "ifbench.jsonl", [row]))
+    # skip_unavailable (`make reproduce`): left out and reported, the rest is scored
+    ok = {"key": "c", "prompt": "Say hi, no commas.", "instruction_id_list": ["count:numbers"], "kwargs": [{"N": 0}]}
+    bench = load_ifbench(_write_jsonl(tmp_path / "ifbench2.jsonl", [row, ok, row]), limit=5, skip_unavailable=True)
+    assert [r["key"] for r in bench.rows] == ["c"]
+    metrics, _ = bench.score(["hi there"])
+    assert metrics["left_out_prompts"] == 2 and metrics["left_out_checkers"] == ["ratio:stop_words"]
+    assert metrics["num_prompts"] == 1
 
 
 @pytest.mark.parametrize(

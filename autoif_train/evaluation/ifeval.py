@@ -12,12 +12,13 @@ HUB_DATASET = "google/IFEval"
 REGISTRY = "if_verifiable.ifeval.instructions_registry"
 
 
-def load_ifeval(data: str | None = None, limit: int | None = None) -> InstructionBenchmark:
+def load_ifeval(data: str | None = None, limit: int | None = None, skip_unavailable: bool = False
+                ) -> InstructionBenchmark:
     """IFEval rows from `data` (a local JSONL) or the hub, validated against the checkers; first `limit` rows."""
     source = data or HUB_DATASET
-    return build_benchmark("ifeval", read_benchmark_rows(source), str(source), REGISTRY, limit)
+    return build_benchmark("ifeval", read_benchmark_rows(source), str(source), REGISTRY, limit, skip_unavailable)
 
 
 def load(args) -> InstructionBenchmark:
     """The `ifeval` entry of `evaluation/base.py`: `--data` (default: the hub dataset), first `--limit` rows."""
-    return load_ifeval(args.data, args.limit)
+    return load_ifeval(args.data, args.limit, args.skip_unavailable_checkers)

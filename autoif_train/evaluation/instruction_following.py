@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoif_train.core.errors import InputError
 from autoif_train.core.io import Row, is_local, read_rows
-from autoif_train.evaluation.nltk_resources import MissingCheckerData, check_resources, ensure_punkt
+from autoif_train.evaluation.nltk_resources import MissingCheckerData, check_resources, ensure_punkt, unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,7 @@ class InstructionBenchmark:
     registry: dict[str, type]
     source: str
     uses_sandbox: bool = False  # checkers are library code run on the text, never generated code
+    left_out: dict = field(default_factory=dict)  # prompts left out because their checkers lack NLTK data
 
     def prompts(self) -> list[str]:
         return [row["prompt"] for row in self.rows]
@@ -181,16 +182,34 @@ class InstructionBenchmark:
                 "key": row["key"], "prompt": row["prompt"], "response": response,
                 "instruction_id_list": row["instruction_id_list"], **result,
             })
-        return aggregate(records), records
+        metrics = aggregate(records)
+        if self.left_out:
+            metrics["left_out_prompts"] = self.left_out["prompts"]
+            metrics["left_out_checkers"] = self.left_out["checkers"]
+        return metrics, records
 
 
 def build_benchmark(
-    name: str, rows: list[Row], where: str, registry_module: str, limit: int | None
+    name: str, rows: list[Row], where: str, registry_module: str, limit: int | None,
+    skip_unavailable: bool = False,
 ) -> InstructionBenchmark:
-    """Validate rows against the registry (all rows, so a bad row fails before any generation) and apply `limit`."""
+    """Validate rows against the registry (all rows, so a bad row fails before any generation) and apply `limit`.
+
+    A row whose checkers lack their NLTK data stops the run (`MissingCheckerData`), or with `skip_unavailable` is
+    left out before `limit` applies; the count and the checkers are reported in the metrics (`left_out_*`)."""
     registry = import_registry(registry_module)
     rows = validate_rows(rows, registry, name)
+    left_out = {}
+    if skip_unavailable:
+        missing = {i for ids in unavailable({i for row in rows for i in row["instruction_id_list"]}).values()
+                   for i in ids}
+        if missing:
+            kept = [row for row in rows if not missing & set(row["instruction_id_list"])]
+            left_out = {"prompts": len(rows) - len(kept), "checkers": sorted(missing)}
+            logger.warning("%s: left out %d prompts whose checkers %s lack NLTK data", name, left_out["prompts"],
+                           ", ".join(sorted(missing)))
+            rows = kept
     if limit is not None:
         rows = rows[:limit]
     check_resources({i for row in rows for i in row["instruction_id_list"]}, name)
-    return InstructionBenchmark(name=name, rows=rows, registry=registry, source=where)
+    return InstructionBenchmark(name=name, rows=rows, registry=registry, source=where, left_out=left_out)

@@ -95,13 +95,19 @@ def ensure_punkt() -> str:
     return str(root)
 
 
-def check_resources(instruction_ids: set[str], benchmark: str) -> None:
-    """Raise `MissingCheckerData` if a checker for one of `instruction_ids` lacks its NLTK data."""
+def unavailable(instruction_ids: set[str]) -> dict[str, list[str]]:
+    """NLTK package -> the ids among `instruction_ids` whose checkers need it and do not find it."""
     missing: dict[str, list[str]] = {}
     for instruction_id in sorted(instruction_ids):
         resource, package = EXTRA_RESOURCES.get(instruction_id, (None, None))
         if resource and not _found(resource):
             missing.setdefault(package, []).append(instruction_id)
+    return missing
+
+
+def check_resources(instruction_ids: set[str], benchmark: str) -> None:
+    """Raise `MissingCheckerData` if a checker for one of `instruction_ids` lacks its NLTK data."""
+    missing = unavailable(instruction_ids)
     if missing:
         needs = "; ".join(f"{', '.join(ids)} need NLTK's {pkg!r}" for pkg, ids in missing.items())
         raise MissingCheckerData(
