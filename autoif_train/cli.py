@@ -8,6 +8,7 @@ Usage:
     autoif eval --model PATH --benchmarks ifeval,verifiers --output_dir DIR
     autoif models prepare smollm2-135m-instruct
     autoif quickstart --output_dir runs/quickstart
+    autoif bundle --check                                         # the verifier bundle's derived files
 
 Every entry module exposes `cli(argv)`; `python -m autoif_train.<module>` runs the same code.
 """
@@ -27,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("autoif_train.verify", "Score responses with verifier functions in the sandboxed pool."),
     "eval": ("autoif_train.evaluate", "Evaluate checkpoints on IFEval, IFBench and held-out verifier pass rate."),
     "models": ("autoif_train.models", "Prepare the embedded default model (SmolLM2-135M-Instruct) offline."),
+    "bundle": ("autoif_train.bundle", "Check or rebuild the verifier bundle's derived files; cross-validate it."),
 }
 
 

@@ -8,10 +8,10 @@ Not protected against: two processes writing the same folder at once (the last w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from autoif_train.core.io import atomic_path, write_json, write_text
+from autoif_train.core.errors import InputError
+from autoif_train.core.io import atomic_path, read_json, write_json, write_text
 
 # (benchmark, metric) columns shown in tables and charts, in order; other keys stay in results.json only.
 HEADLINE = {
@@ -22,15 +22,17 @@ HEADLINE = {
 
 
 def load_results(out_dir: str | Path) -> dict:
+    """The results of earlier runs in `out_dir` ({} when none); a broken file is an `InputError` naming it."""
     path = Path(out_dir) / "results.json"
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); move it away to start over") from err
+        data = read_json(path)
+    except InputError as err:
+        raise InputError(path, err.line, None, f"{err.message}; move it away to start over") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object mapping model -> benchmark -> metrics")
+        raise InputError(path, None, None, "expected an object mapping model -> benchmark -> metrics; move it away "
+                                           "to start over")
     return data
 
 
