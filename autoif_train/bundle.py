@@ -1,9 +1,14 @@
 """The project's own verifier bundle: load and validate `verifiers/`, build its derived files, cross-validate it.
 
 Usage:
-    python -m autoif_train.bundle                     # regenerate the derived files in verifiers/
-    python -m autoif_train.bundle --check             # exit 1 if a derived file is missing or out of date
-    python -m autoif_train.bundle --cross-validate    # also run every verifier on every case in the sandbox
+    autoif bundle                     # regenerate the derived files in verifiers/
+    autoif bundle --check             # exit 1 if a derived file is missing or out of date
+    autoif bundle --cross-validate    # also run every verifier on every case in the sandbox
+    python -m autoif_train.bundle --check --dir path/to/verifiers
+
+Exit code: 0 up to date (or written) and cross-validated, 1 a stale derived file with `--check` or a verifier that
+disagrees with a case, 2 a bad source file: one line, `autoif bundle: error: FILE:LINE: field 'x': ...`, that also
+lists the other problems found.
 
 Sources (hand-written): `instructions.jsonl` (one instruction, its verifier functions and test cases per line) and
 `queries.jsonl` (short user queries). Derived (written by this module, deterministic, shipped):
@@ -17,7 +22,6 @@ protected against: verifiers that are wrong in a way the test cases do not catch
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -26,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoif_train.core.errors import InputError
-from autoif_train.core.io import read_rows, write_text
+from autoif_train.core.errors import InputError, run_command
+from autoif_train.core.io import Row, read_rows, write_text
+from autoif_train.core.recipes import ArgumentParser, positive
 from autoif_train.resources import bundled
 
 DEFAULT_DIR = bundled("verifiers")
@@ -89,20 +94,23 @@ def join_prompt(query: str, instruction: str) -> str:
 
 # ---------------------------------------------------------------- loading and validation
 
-
-def _read_jsonl(path: Path, errors: list[str]) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; bad lines are added to `errors` as `FILE:LINE: ...`."""
-    problems: list[InputError] = []
-    rows = read_rows(path, error=BundleError, problems=problems)
-    errors.extend(str(p) for p in problems)
-    return [(row.where.line, row) for row in rows]
+KINDS = {str: "a string", bool: "true or false"}  # how a case's or a verifier's field types are named
 
 
-def _raise_if(errors: list[str]) -> None:
-    if errors:
-        shown = errors[:MAX_REPORTED_ERRORS]
-        more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-        raise BundleError(f"{len(errors)} problem(s) in the verifier bundle:\n" + "\n".join(shown) + more)
+def _raise_if(problems: list[InputError]) -> None:
+    """Raise one `BundleError` at the first problem by line; its message also lists the others (up to a limit), on
+    the same line."""
+    if not problems:
+        return
+    problems = sorted(problems, key=lambda p: (p.path or "", p.line or 0))
+    first, rest = problems[0], [str(p) for p in problems[1:MAX_REPORTED_ERRORS]]
+    more = len(problems) - 1 - len(rest)
+    if rest:
+        listed = "; ".join(rest) + (f"; and {more} more" if more else "")
+        message = f"{first.message} (+{len(problems) - 1} more problem(s): {listed})"
+    else:
+        message = first.message
+    raise BundleError(first.path, first.line, first.field, message)
 
 
 def _code_problem(code: str) -> str | None:
@@ -113,105 +121,107 @@ def _code_problem(code: str) -> str | None:
     return problem[1] if problem else None
 
 
-def _check_instruction(obj: dict, where: str, errors: list[str]) -> Instruction | None:
-    start = len(errors)
+def _entries(row: Row, key: str, minimum: int, types: dict[str, type],
+             problems: list[InputError]) -> list[tuple[int, dict]]:
+    """(index, entry) for the entries of the list `row[key]` that are objects with fields of `types`; a list shorter
+    than `minimum` or a malformed entry is a problem."""
+    raw = row.get(key)
+    if not isinstance(raw, list) or len(raw) < minimum:
+        problems.append(row.where.error(key, f"must be a list of at least {minimum} {{{', '.join(types)}}} objects"))
+        raw = raw if isinstance(raw, list) else []
+    good = []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in types.items()):
+            good.append((i, entry))
+        else:
+            needs = " and ".join(f"{k!r} ({KINDS[t]})" for k, t in types.items())
+            problems.append(row.where.error(f"{key}[{i}]", f"needs {needs}"))
+    return good
+
+
+def _check_instruction(row: Row, problems: list[InputError]) -> Instruction | None:
+    start = len(problems)
     for key in ("id", "instruction", "category"):
-        if not isinstance(obj.get(key), str) or not obj[key].strip():
-            errors.append(f"{where}: field '{key}' must be a non-empty string")
-    if isinstance(obj.get("id"), str) and obj["id"] and not ID_PATTERN.match(obj["id"]):
-        errors.append(f"{where}: field 'id' {obj['id']!r} must use only a-z, 0-9 and _")
-    verifiers: list[Verifier] = []
-    raw_verifiers = obj.get("verifiers")
-    if not isinstance(raw_verifiers, list) or len(raw_verifiers) < MIN_VERIFIERS:
-        errors.append(f"{where}: field 'verifiers' must be a list of at least {MIN_VERIFIERS} {{id, code}} objects")
-        raw_verifiers = raw_verifiers if isinstance(raw_verifiers, list) else []
-    for i, v in enumerate(raw_verifiers):
-        vwhere = f"{where}: verifiers[{i}]"
-        if not isinstance(v, dict) or not isinstance(v.get("id"), str) or not isinstance(v.get("code"), str):
-            errors.append(f"{vwhere}: needs string fields 'id' and 'code'")
-            continue
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            problems.append(row.where.error(key, "must be a non-empty string"))
+    if isinstance(row.get("id"), str) and row["id"] and not ID_PATTERN.match(row["id"]):
+        problems.append(row.where.error("id", f"{row['id']!r} must use only a-z, 0-9 and _"))
+    verifiers = []
+    for i, v in _entries(row, "verifiers", MIN_VERIFIERS, {"id": str, "code": str}, problems):
         problem = _code_problem(v["code"])
         if problem:
-            errors.append(f"{vwhere} ({v['id']}): field 'code': {problem}")
+            problems.append(row.where.error(f"verifiers[{i}].code", f"verifier {v['id']!r}: {problem}"))
         verifiers.append(Verifier(v["id"], v["code"]))
     codes = [" ".join(v.code.split()) for v in verifiers]
     if len(set(codes)) != len(codes):
-        errors.append(f"{where}: field 'verifiers' holds the same code twice; implementations must differ")
-    cases: list[Case] = []
-    raw_cases = obj.get("cases")
-    if not isinstance(raw_cases, list) or len(raw_cases) < MIN_CASES:
-        errors.append(f"{where}: field 'cases' must be a list of at least {MIN_CASES} {{input, output}} objects")
-        raw_cases = raw_cases if isinstance(raw_cases, list) else []
-    for i, c in enumerate(raw_cases):
-        if not isinstance(c, dict) or not isinstance(c.get("input"), str) or not isinstance(c.get("output"), bool):
-            errors.append(f"{where}: cases[{i}]: needs 'input' (a string) and 'output' (true or false)")
-            continue
-        cases.append(Case(c["input"], c["output"]))
+        problems.append(row.where.error("verifiers", "holds the same code twice; implementations must differ"))
+    cases = [Case(c["input"], c["output"])
+             for _, c in _entries(row, "cases", MIN_CASES, {"input": str, "output": bool}, problems)]
     if cases and len({c.output for c in cases}) < 2:
-        errors.append(f"{where}: field 'cases' must include both true and false expected outputs")
-    if len(errors) > start:
+        problems.append(row.where.error("cases", "must include both true and false expected outputs"))
+    if len(problems) > start:
         return None
-    extra = {k: v for k, v in obj.items() if k not in ("id", "instruction", "category", "verifiers", "cases")}
-    return Instruction(obj["id"], obj["instruction"].strip(), obj["category"], verifiers, cases, extra)
+    extra = {k: v for k, v in row.items() if k not in ("id", "instruction", "category", "verifiers", "cases")}
+    return Instruction(row["id"], row["instruction"].strip(), row["category"], verifiers, cases, extra)
 
 
 def load_instructions(path: str | Path) -> list[Instruction]:
-    """Instructions from `path`, validated; raises `BundleError` listing every problem (file, line, field)."""
+    """Instructions from `path`, validated; raises `BundleError` at the first problem (file, line, field), naming
+    the others too."""
     path = Path(path)
-    errors: list[str] = []
+    problems: list[InputError] = []
     out: list[Instruction] = []
     seen_ids: dict[str, int] = {}
     seen_verifiers: dict[str, int] = {}
-    for n, obj in _read_jsonl(path, errors):
-        where = f"{path}:{n}"
-        inst = _check_instruction(obj, where, errors)
+    for row in read_rows(path, error=BundleError, problems=problems):  # bad lines: problems
+        inst = _check_instruction(row, problems)
         if inst is None:
             continue
         if inst.id in seen_ids:
-            errors.append(f"{where}: field 'id': duplicate id {inst.id!r} (first on line {seen_ids[inst.id]})")
+            problems.append(row.where.error("id", f"duplicate id {inst.id!r} (first on line {seen_ids[inst.id]})"))
             continue
-        seen_ids[inst.id] = n
-        for v in inst.verifiers:
+        seen_ids[inst.id] = row.where.line
+        for i, v in enumerate(inst.verifiers):
             if v.id in seen_verifiers:
-                errors.append(f"{where}: verifier id {v.id!r} already used on line {seen_verifiers[v.id]}")
-            seen_verifiers[v.id] = n
+                problems.append(row.where.error(f"verifiers[{i}].id",
+                                                f"{v.id!r} already used on line {seen_verifiers[v.id]}"))
+            seen_verifiers[v.id] = row.where.line
         out.append(inst)
-    if not out and not errors:
-        errors.append(f"{path}: no instructions")
-    _raise_if(errors)
+    if not out and not problems:
+        problems.append(BundleError(path, None, None, "no instructions"))
+    _raise_if(problems)
     return out
 
 
 def load_queries(path: str | Path) -> list[Query]:
     """Queries from `path`, validated (unique ids and texts, length in QUERY_CHARS); raises `BundleError`."""
     path = Path(path)
-    errors: list[str] = []
+    problems: list[InputError] = []
     out: list[Query] = []
     seen_ids: dict[str, int] = {}
     seen_text: dict[str, int] = {}
     lo, hi = QUERY_CHARS
-    for n, obj in _read_jsonl(path, errors):
-        where = f"{path}:{n}"
-        qid, text = obj.get("id"), obj.get("query")
+    for row in read_rows(path, error=BundleError, problems=problems):  # bad lines: problems
+        qid, text, n = row.get("id"), row.get("query"), row.where.line
         if not isinstance(qid, str) or not qid.strip():
-            errors.append(f"{where}: field 'id' must be a non-empty string")
+            problems.append(row.where.error("id", "must be a non-empty string"))
             continue
         if not isinstance(text, str):
-            errors.append(f"{where}: field 'query' must be a string")
+            problems.append(row.where.error("query", "must be a string"))
             continue
         if not lo <= len(text.strip()) <= hi:
-            errors.append(f"{where}: field 'query' is {len(text.strip())} characters; allowed {lo}..{hi}")
+            problems.append(row.where.error("query", f"{len(text.strip())} characters; allowed {lo}..{hi}"))
         key = " ".join(text.lower().split())
         if qid in seen_ids:
-            errors.append(f"{where}: field 'id': duplicate id {qid!r} (first on line {seen_ids[qid]})")
+            problems.append(row.where.error("id", f"duplicate id {qid!r} (first on line {seen_ids[qid]})"))
         elif key in seen_text:
-            errors.append(f"{where}: field 'query': duplicate of the query on line {seen_text[key]}")
+            problems.append(row.where.error("query", f"duplicate of the query on line {seen_text[key]}"))
         else:
             seen_ids[qid], seen_text[key] = n, n
             out.append(Query(qid, text.strip()))
-    if not out and not errors:
-        errors.append(f"{path}: no queries")
-    _raise_if(errors)
+    if not out and not problems:
+        problems.append(BundleError(path, None, None, "no queries"))
+    _raise_if(problems)
     return out
 
 
@@ -337,24 +347,27 @@ def main(
     timeout: float = 1.0,
     isolation: str = "seccomp",
 ) -> int:
-    """Validate the bundle in `directory`, then write (or with `check`, compare) its derived files. Returns an exit
+    """Validate the bundle in `directory`, then write (or with `check`, compare) its derived files. Returns the exit
     code: 0 when up to date / written and (if asked) cross-validated, 1 otherwise. Invalid sources raise
     `BundleError` before anything is written, so existing derived files are never lost to a bad edit."""
+    # ----- Load and validate the sources
     directory = Path(directory)
     bundle = load_bundle(directory)
+
+    # ----- Build the derived files; write them, or only compare with --check
     derived = build_derived(bundle)
     stale = stale_files(directory, derived)
     status = 0
     if check:
         for name in stale:
-            print(
-                f"{directory / name} is missing or out of date; run `python -m autoif_train.bundle`", file=sys.stderr
-            )
+            print(f"{directory / name} is missing or out of date; run `autoif bundle`", file=sys.stderr)
         status = 1 if stale else 0
     else:
         for name in stale:
             write_text(directory / name, derived[name])
             print(f"wrote {directory / name}")
+
+    # ----- Cross-validate in the sandbox
     if run_cross_validation:
         status = max(status, _run_cross_validation(bundle.instructions, workers, timeout, isolation))
     n_train = derived["train_prompts.jsonl"].count("\n")
@@ -368,19 +381,23 @@ def main(
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autoif_train.bundle", description=__doc__.split("\n\n")[0])
+    from autoif_train.sandbox.lockdown import ISOLATION_MODES
+
+    parser = ArgumentParser(prog="autoif bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="bundle folder (default: the project's verifiers/)")
     parser.add_argument("--check", action="store_true", help="only check that the derived files are up to date")
     parser.add_argument("--cross-validate", action="store_true", help="run every verifier on its cases (sandboxed)")
-    parser.add_argument("--workers", type=int, default=2, help="sandbox workers for --cross-validate")
-    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per verifier call for --cross-validate")
-    parser.add_argument("--isolation", default="seccomp", help="sandbox isolation: seccomp | bwrap | none")
-    args = parser.parse_args(argv)
-    try:
+    parser.add_argument("--workers", type=positive(int), default=2, help="sandbox workers for --cross-validate")
+    parser.add_argument("--timeout", type=positive(float), default=1.0,
+                        help="seconds per verifier call for --cross-validate")
+    parser.add_argument("--isolation", choices=ISOLATION_MODES, default="seccomp",
+                        help="sandbox isolation for --cross-validate: seccomp | bwrap | none")
+
+    def run(argv: list[str]) -> int:
+        args = parser.parse_args(argv)
         return main(args.dir, args.check, args.cross_validate, args.workers, args.timeout, args.isolation)
-    except BundleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+
+    return run_command("autoif bundle", run, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Usage:
     autoif models prepare smollm2-135m-instruct
     autoif quickstart --output_dir runs/quickstart
     autoif report runs/quickstart
+    autoif bundle --check                                         # the verifier bundle's derived files
 
 Every entry module exposes `cli(argv)`; `python -m autoif_train.<module>` runs the same code.
 """
@@ -29,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("autoif_train.evaluate", "Evaluate checkpoints on IFEval, IFBench and held-out verifier pass rate."),
     "models": ("autoif_train.models", "Prepare the embedded default model (SmolLM2-135M-Instruct) offline."),
     "report": ("autoif_train.report", "Plots and a markdown summary of an online-DPO or GRPO run from its logs."),
+    "bundle": ("autoif_train.bundle", "Check or rebuild the verifier bundle's derived files; cross-validate it."),
 }
 
 

@@ -19,7 +19,6 @@ processes preparing the same model at once (the second rename fails cleanly and 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from autoif_train.core.errors import AutoIFError, run_command
 from autoif_train.core.io import check_model_folder
+from autoif_train.core.recipes import ArgumentParser
 
 MARKER = "autoif_model.json"
 
@@ -209,7 +209,7 @@ def main(command: str, name: str | None = None, out: str | None = None, force: b
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autoif models", description="Prepare embedded models offline.")
+    parser = ArgumentParser(prog="autoif models", description="Prepare embedded models offline.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="List embedded models and whether they are prepared.")
     prep = sub.add_parser("prepare", help="Convert an embedded model into a transformers checkpoint; prints the path.")

@@ -18,21 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT = 0, 1, 2
+from autoif_train.core.errors import run_command
+from autoif_train.core.recipes import ArgumentParser
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        raise SystemExit(_fail(message))
-
-
-def _fail(message: str) -> int:
-    print(f"autoif plan: error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+EXIT_FITS, EXIT_DOES_NOT_FIT = 0, 1  # bad input: 2, as every command (`core.errors.EXIT_BAD_INPUT`)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="autoif plan", description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = ArgumentParser(prog="autoif plan", description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("recipe", help="training recipe YAML")
     parser.add_argument("--nodes", type=int, help="nodes (default: the accelerate config's num_machines)")
     parser.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: from the accelerate config)")
@@ -59,14 +52,14 @@ def _import_deepspeed_quietly() -> None:
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     """Print the plan for `args.recipe`; return the exit code (0 fits, 1 does not fit)."""
-    from autoif_train.planning import parse_memory, plan_recipe, render
+    from autoif_train.planning import PlanInputError, parse_memory, plan_recipe, render
 
     _import_deepspeed_quietly()
 
     if not 0 <= args.margin < 1:
-        raise ValueError(f"--margin must be in [0, 1), got {args.margin}")
+        raise PlanInputError(f"--margin must be in [0, 1), got {args.margin}")
     if args.prompt_tokens <= 0:
-        raise ValueError(f"--prompt-tokens must be positive, got {args.prompt_tokens}")
+        raise PlanInputError(f"--prompt-tokens must be positive, got {args.prompt_tokens}")
     plan = plan_recipe(
         args.recipe, nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_memory=parse_memory(args.gpu_memory),
         model_config=args.model_config, accelerate_config=args.accelerate_config, prompt_tokens=args.prompt_tokens,
@@ -77,13 +70,11 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        args, overrides = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    def run(argv: list[str]) -> int:
+        args, overrides = build_parser().parse_known_args(argv)
         return main(args, overrides)
-    except SystemExit as exit_:  # --help, our one-line argument errors, the recipe parser's own argument errors
-        return EXIT_BAD_INPUT if exit_.code not in (0, None) else 0
-    except (ValueError, OSError) as err:  # RecipeError / PlanInputError are ValueErrors
-        return _fail(" ".join(str(err).split()))
+
+    return run_command("autoif plan", run, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ file, line and field); the output appears only when complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,17 +24,15 @@ from pathlib import Path
 
 from autoif_train.core.errors import InputError, run_command
 from autoif_train.core.io import atomic_path, read_rows
+from autoif_train.core.recipes import ArgumentParser, positive
+from autoif_train.data.rows import load_verifier_bundle
 from autoif_train.rewards import VerifierCodeReward, is_verifier_code
 from autoif_train.sandbox import ISOLATION_MODES, VerifierPool, code_hash
 
 
 def load_inputs(verifiers_path: Path, responses_path: Path) -> tuple[list[dict], list[list[str]]]:
     """Validate both files; returns the response rows and, per row, the verifier codes to run."""
-    codes: dict[str, str] = {}
-    for row in read_rows(verifiers_path, {"id": str, "code": str}):
-        if row["id"] in codes:
-            raise row.where.error("id", f"duplicate verifier id {row['id']!r}")
-        codes[row["id"]] = row["code"]
+    codes = load_verifier_bundle(str(verifiers_path))
     rows = read_rows(responses_path, {"id": str, "response": str, "verifiers": list})
     per_row = []
     for row in rows:
@@ -91,21 +88,8 @@ def check_out_path(out: str | Path) -> Path:
     return out
 
 
-def positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autoif verify", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="autoif verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--verifiers", required=True, help="JSONL of {id, code}")
     parser.add_argument("--responses", required=True, help="JSONL of {id, response, verifiers: [ids]}")
     parser.add_argument("--out", required=True, help="output JSONL of {id, results, pass_rate}")

@@ -161,7 +161,40 @@ def test_verify_bad_inputs(work):
     done = autoif("verify", "--verifiers", v, "--responses", r, "--out", work / "outdir", cwd=work)
     assert_one_line_error(done, "verify", "outdir: field 'out': is a folder")
     done = autoif(*args, "--workers", "0", cwd=work)
-    assert done.returncode == 2 and "--workers: must be > 0" in done.stderr and "Traceback" not in done.stderr
+    assert assert_one_line_error(done, "verify", "--workers: must be > 0") == done.stderr.strip()  # no usage dump
+
+
+# ---------------------------------------------------------------- autoif bundle, autoif models, autoif plan
+
+
+def test_bundle_bad_inputs(work):
+    import shutil
+
+    folder = work / "verifiers"
+    assert_one_line_error(autoif("bundle", "--check", "--dir", folder, cwd=work), "bundle",
+                          f"{folder / 'instructions.jsonl'}: file not found")
+    shutil.copytree(REPO / "verifiers", folder)
+    lines = (folder / "instructions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    lines[0] = json.dumps({**first, "category": ""})
+    lines[2] = "{not json"
+    (folder / "instructions.jsonl").write_text("\n".join(lines) + "\n")
+    done = autoif("bundle", "--check", "--dir", folder, cwd=work)
+    line = assert_one_line_error(done, "bundle", "instructions.jsonl:3: not valid JSON",
+                                 "instructions.jsonl:1: field 'category': must be a non-empty string")
+    assert line == done.stderr.strip()
+    done = subprocess.run([sys.executable, "-m", "autoif_train.bundle", "--dir", str(folder), "--workers", "0"],
+                          cwd=work, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert_one_line_error(done, "bundle", "argument --workers: must be > 0")
+
+
+def test_models_and_plan_bad_inputs(work):
+    done = autoif("models", "prepare", "no-such-model", cwd=work)
+    assert assert_one_line_error(done, "models", "invalid choice: 'no-such-model'") == done.stderr.strip()
+    done = autoif("plan", work / "nope.yaml", "--debug", cwd=work)  # --debug: the traceback, then the one line
+    assert done.returncode == 2 and "Traceback" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"autoif plan: error: {work / 'nope.yaml'}: recipe file not found"
 
 
 # ---------------------------------------------------------------- autoif eval

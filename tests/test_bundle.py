@@ -208,7 +208,7 @@ BAD_INSTRUCTIONS = {
     ),
     "syntax_error": (
         json.dumps(_with(verifiers=[*_good_instruction()["verifiers"][:1], {"id": "x/v2", "code": "def evaluate(:"}])),
-        ":2: verifiers[1] (x/v2): field 'code': syntax error",
+        ":2: field 'verifiers[1].code': verifier 'x/v2': syntax error",
     ),
     "no_evaluate": (
         json.dumps(_with(verifiers=[*_good_instruction()["verifiers"][:1], {"id": "x/v2", "code": "def f(r): 1"}])),
@@ -220,10 +220,10 @@ BAD_INSTRUCTIONS = {
         ),
         "same code twice",
     ),
-    "verifiers_not_a_list": (json.dumps(_with(verifiers=3)), ":2: field 'verifiers' must be a list"),
+    "verifiers_not_a_list": (json.dumps(_with(verifiers=3)), ":2: field 'verifiers': must be a list"),
     "output_not_bool": (
         json.dumps(_with(cases=[{"input": "a", "output": "yes"}] + _good_instruction()["cases"])),
-        ":2: cases[0]: needs 'input' (a string) and 'output' (true or false)",
+        ":2: field 'cases[0]': needs 'input' (a string) and 'output' (true or false)",
     ),
 }
 
@@ -251,8 +251,8 @@ def test_duplicate_instruction_and_verifier_ids_are_reported(tmp_path):
 @pytest.mark.parametrize(
     "row, expected",
     [
-        ({"id": "q1", "query": "too short"}, ":2: field 'query' is 9 characters"),
-        ({"id": "q1", "query": "x" * 201}, ":2: field 'query' is 201 characters"),
+        ({"id": "q1", "query": "too short"}, ":2: field 'query': 9 characters"),
+        ({"id": "q1", "query": "x" * 201}, ":2: field 'query': 201 characters"),
         ({"id": "q0", "query": "Another question that is long enough?"}, ":2: field 'id': duplicate id 'q0'"),
         ({"id": "q1", "query": "  how do I keep basil ALIVE indoors?"}, ":2: field 'query': duplicate of"),
         ({"query": "A question without any id at all?"}, ":2: field 'id'"),
@@ -272,6 +272,18 @@ def test_a_bad_edit_loses_no_derived_file(bundle_copy, capsys):
     before = {name: (bundle_copy / name).read_text() for name in B.DERIVED_FILES}
     with (bundle_copy / "queries.jsonl").open("a") as f:
         f.write('{"id": "q9999", "query": "short"}\n')
-    assert B.cli(["--dir", str(bundle_copy)]) == 1
-    assert "queries.jsonl:" in capsys.readouterr().err
+    assert B.cli(["--dir", str(bundle_copy)]) == 2  # bad input, as every command
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("autoif bundle: error: ") and "queries.jsonl:" in err[0], err
     assert {name: (bundle_copy / name).read_text() for name in B.DERIVED_FILES} == before
+
+
+def test_several_problems_are_one_error_at_the_first_naming_the_rest(tmp_path):
+    path = tmp_path / "queries.jsonl"
+    path.write_text(json.dumps({"id": "q0", "query": "short"}) + "\n\n"
+                    + json.dumps({"query": "A question without any id at all?"}) + "\n")
+    with pytest.raises(B.BundleError) as info:
+        B.load_queries(path)
+    err = info.value
+    assert (err.path, err.line, err.field) == (str(path), 1, "query")  # FILE:LINE: field, as every InputError
+    assert "\n" not in str(err) and f"{path}:3: field 'id': must be a non-empty string" in str(err)

@@ -1,4 +1,5 @@
-"""core/recipes.py: recipe forms, overrides, type and key errors with file and line (no model, no torch).
+"""core/recipes.py: recipe forms, overrides, type and key errors with file and line (no model, no torch); the flag
+parser of the flag-only commands, and `run_command` printing any reported error as one line.
 
 Run: python -m pytest tests/test_core_recipes.py -q
 """
@@ -8,8 +9,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from autoif_train.core.errors import RecipeError
-from autoif_train.core.recipes import build, split_argv
+from autoif_train.core.errors import InputError, RecipeError, run_command
+from autoif_train.core.recipes import ArgumentParser, build, positive, split_argv
 
 
 @dataclass
@@ -73,3 +74,25 @@ def test_env_block_is_exported(tmp_path, monkeypatch):
     path = _recipe(tmp_path, "env:\n  AUTOIF_DEMO_VAR: 7\nnum_rounds: 1\n")
     build(split_argv([str(path)]), Demo)
     assert os.environ["AUTOIF_DEMO_VAR"] == "7"
+
+
+def test_flag_errors_are_one_line_exit_2(capsys):
+    parser = ArgumentParser(prog="autoif demo")
+    parser.add_argument("--workers", type=positive(int), default=2)
+
+    def main(argv):
+        parser.parse_args(argv)
+        return 0
+
+    assert run_command("autoif demo", main, ["--workers", "0"]) == 2
+    assert run_command("autoif demo", main, ["--wrokers", "3"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["autoif demo: error: argument --workers: must be > 0, got 0",
+                                                    "autoif demo: error: unrecognized arguments: --wrokers 3"]
+
+
+def test_a_message_over_several_lines_is_reported_on_one(capsys):
+    def main(argv):
+        raise InputError("f.jsonl", 3, "x", "first part\n  second part")
+
+    assert run_command("autoif demo", main, []) == 2
+    assert capsys.readouterr().err.splitlines() == ["autoif demo: error: f.jsonl:3: field 'x': first part second part"]

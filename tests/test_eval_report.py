@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from autoif_train.core.errors import InputError
 from autoif_train.evaluation.report import load_results, markdown_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +36,7 @@ def test_write_report_merges_runs_and_draws_a_chart(tmp_path):
 
 def test_corrupt_results_file_is_a_clear_error_and_is_kept(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"results\.json:1: not valid JSON"):
+    with pytest.raises(InputError, match=r"results\.json:1: not valid JSON .*; move it away to start over"):
         write_report(tmp_path, {"a": {"verifiers": {"pass_rate": 0.1}}})
     assert (tmp_path / "results.json").read_text() == "{not json"
 

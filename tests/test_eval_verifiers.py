@@ -1,4 +1,5 @@
-"""Held-out verifier pass rate: scoring in the real sandbox pool, and the trainer hook on an in-memory tiny model."""
+"""Held-out verifier pass rate: scoring in the real sandbox pool, and `autoif eval --benchmarks verifiers` on a tiny
+model (greedy responses, scored in the sandbox; bad input is one line, exit 2)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,7 @@ import json
 
 import pytest
 
-from autoif_train.evaluation.verifier_pass_rate import (
-    evaluate_verifier_pass_rate,
-    load_verifier_prompts,
-    score_verifier_responses,
-)
+from autoif_train.evaluation.verifier_pass_rate import load_verifier_prompts, score_verifier_responses
 from autoif_train.sandbox import VerifierPool
 
 LOWER = "def evaluate(response):\n    return response.islower()\n"
@@ -59,11 +56,8 @@ def test_limit_and_missing_ids_are_reported(prompt_file, tmp_path):
         load_verifier_prompts(bad)
 
 
-def test_trainer_hook_generates_greedily_and_scores_in_the_sandbox(tiny_model_dir, pool, tmp_path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from autoif_train.data.rows import PromptRow
+def test_eval_scores_the_greedy_responses_in_the_sandbox(tiny_model_dir, tmp_path):
+    from autoif_train.evaluate import main
     from autoif_train.generation import GenerationConfig, build_generator
 
     messages = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -71,14 +65,28 @@ def test_trainer_hook_generates_greedily_and_scores_in_the_sandbox(tiny_model_di
         expected = gen.generate([messages], GenerationConfig(n=1, temperature=0.0, max_new_tokens=12))[0][0]
     same = f"def evaluate(response):\n    return response == {expected!r}\n"
     never = "def evaluate(response):\n    return False\n"
-    rows = [PromptRow(id="sea", messages=messages, verifiers=[same, never])]
+    prompts = _write(tmp_path / "heldout.jsonl", [{"id": "sea", "messages": messages, "verifiers": [same, never]}])
+    model = str(tiny_model_dir)
+    results = main([model], ["verifiers"], str(tmp_path / "eval"), verifier_prompts=prompts, max_new_tokens=12,
+                   batch_size=1, timeout=2.0)
+    metrics = results[model]["verifiers"]
+    assert metrics["pass_rate"] == pytest.approx(0.5)  # `same` passes only if eval's greedy text is the generator's
+    assert metrics["num_prompts"] == 1 and metrics["verifier_errors"] == 0
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model.train()
-    rate = evaluate_verifier_pass_rate(model, tokenizer, rows, pool, max_new_tokens=12, batch_size=1)
-    assert rate == pytest.approx(0.5)  # `same` passes only if the hook's greedy text equals the generator's
-    assert model.training  # the hook restores the training mode
+
+def test_eval_without_the_bundled_prompts_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from autoif_train import evaluate
+    from autoif_train.evaluation import verifier_pass_rate
+
+    missing = tmp_path / "verifiers" / "heldout_prompts.jsonl"
+    monkeypatch.setattr(verifier_pass_rate, "DEFAULT_PROMPTS", missing)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # checked only after the data, never loaded
+    code = evaluate.cli(["--model", str(tmp_path / "model"), "--benchmarks", "verifiers", "--out", str(tmp_path / "e")])
+    assert code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line or "Traceback" in line]
+    assert err == [f"autoif eval: error: {missing}: bundled held-out prompts not found (generate them with "
+                   "`autoif bundle`) and no prompt file was given"], err
 
 
 def test_bundled_heldout_prompts_load_with_resolved_verifiers():

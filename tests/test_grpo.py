@@ -62,7 +62,7 @@ def test_hostile_verifiers_in_a_grpo_run_are_contained_and_training_continues(ti
 
     def recording_call(self, *a, **k):
         out = real_call(self, *a, **k)
-        seen.append((self._pool, list(out)))
+        seen.append((self.reward().rewards[0].pool, list(out)))  # verifier_code's pool, this rank's own
         return out
 
     monkeypatch.setattr(grpo.RewardFunction, "__call__", recording_call)

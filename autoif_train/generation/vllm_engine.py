@@ -18,7 +18,6 @@ per process), or a host whose free memory is below the requested share.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 import urllib.error
@@ -26,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from autoif_train.core.errors import AutoIFError, InputError
+from autoif_train.core.io import read_json
 
 INSTALL_HINT = (
     "install it with `pip install -e '.[vllm]'` on GPU machines, or build the CPU environment with "
@@ -72,7 +72,9 @@ def model_context_limit(model_path: str) -> int | None:
     config_file = Path(model_path) / "config.json"
     if not config_file.is_file():
         return None
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file)  # a broken file: InputError naming it and its line
+    if not isinstance(config, dict):
+        raise InputError(config_file, None, None, "a model config must be a JSON object")
     config = config.get("text_config", config)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if isinstance(config.get(key), int):

@@ -7,7 +7,6 @@ plan from already-parsed arguments, for `autoif train` to call before it loads w
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import replace
@@ -16,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from autoif_train.configs import RecipeError, parse_recipe
+from autoif_train.core.io import read_json
 from autoif_train.core.recipes import read_recipe
 from autoif_train.planning.memory import GiB, Hardware, Plan, Settings, plan_memory
 from autoif_train.planning.model_shape import PlanInputError, resolve_shape
@@ -68,7 +68,7 @@ def hardware_from_accelerate(name: str | None) -> Hardware:
         stage = ds.get("zero_stage")
         off_opt, off_par = ds.get("offload_optimizer_device"), ds.get("offload_param_device")
         if ds.get("deepspeed_config_file"):
-            zero = json.loads(Path(ds["deepspeed_config_file"]).read_text()).get("zero_optimization", {})
+            zero = read_json(ds["deepspeed_config_file"]).get("zero_optimization", {})
             stage = zero.get("stage")
             off_opt = (zero.get("offload_optimizer") or {}).get("device")
             off_par = (zero.get("offload_param") or {}).get("device")
@@ -88,7 +88,7 @@ def hardware_from_environment(script_args, gpu_memory: int | None = None) -> Har
     env = os.environ.get
     if env("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         if env("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
-            zero = json.loads(Path(env("ACCELERATE_DEEPSPEED_CONFIG_FILE")).read_text()).get("zero_optimization", {})
+            zero = read_json(env("ACCELERATE_DEEPSPEED_CONFIG_FILE")).get("zero_optimization", {})
             stage = zero.get("stage", 0)
             off_opt, off_par = [(zero.get(k) or {}).get("device", "none")
                                 for k in ("offload_optimizer", "offload_param")]

@@ -52,14 +52,6 @@ class Scores:
     def records(self) -> list[dict]:
         return [{"results": r, "pass_rate": p} for r, p in zip(self.results, self.pass_rates, strict=True)]
 
-    @classmethod
-    def concat(cls, parts: Sequence[Scores]) -> Scores:
-        out = cls()
-        for part in parts:
-            out.results += part.results
-            out.pass_rates += part.pass_rates
-        return out
-
 
 def pass_rate(results: Sequence[Result]) -> float | None:
     """Mean over the bools in `results`; None when there is none (the response is unscored)."""
@@ -244,6 +236,14 @@ class RewardFields(SandboxArgs):
         """Keyword arguments of `build_reward` from these fields (besides the pool)."""
         return {"judge_model": self.judge_model, "judge_backend": self.judge_backend,
                 "judge_threshold": self.judge_threshold}
+
+    def recipe_reward(self, weights: Sequence[float] | None = None) -> CombinedReward:
+        """The recipe's rewards, combined with `weights` (default `reward_weights`). Verifier code runs in a pool of
+        this process's own, sized to its share of the host (`SandboxArgs.pool_settings`) and started at the first
+        score; the reward's `close()` stops it."""
+        workers, timeout = self.pool_settings()
+        return build_reward(self.rewards, self.reward_weights if weights is None else weights, workers=workers,
+                            timeout=timeout, isolation=self.isolation, **self.reward_options())
 
     def check_reward_fields(self) -> None:
         """Raise `RewardError` naming the field for an unknown reward name, mismatched weights or scoring mode."""

@@ -36,16 +36,12 @@ class RewardFunction:
     def __init__(self, rows: list[PromptRow], args, weights: list[float] | None = None):
         self.rows, self.args, self.weights = rows, args, weights
         self.__name__ = "+".join(args.rewards)  # TRL logs rewards/<name>/mean
-        self._reward = self._pool = None
+        self._reward = None
         self.last_scores = None
 
     def reward(self):
         if self._reward is None:
-            from autoif_train.rewards import build_reward
-
-            if "verifier_code" in self.args.rewards:
-                self._pool = self.args.pool()  # SandboxArgs: sized to this rank's share of the host's cores
-            self._reward = build_reward(self.args.rewards, self.weights, pool=self._pool, **self.args.reward_options())
+            self._reward = self.args.recipe_reward(self.weights)  # verifier code: this rank's own sandbox pool
         return self._reward
 
     def __call__(self, prompts, completions, row_index, **kwargs) -> list[float | None]:
@@ -56,11 +52,8 @@ class RewardFunction:
 
     def close(self) -> None:
         if self._reward is not None:
-            self._reward.close()
+            self._reward.close()  # and its verifier pool
             self._reward = None
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
 
 
 class AutoIFGRPOTrainer(GRPOTrainer):

@@ -140,7 +140,6 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
         self.sampler = build_policy_sampler(self, args)
         self.start_round = 0
         self._current: dict | None = None
-        self._pool = None
         self._rewards = None
         self._prompt_ids: dict[str, list[int]] = {}
         # A fresh run samples round 0 from the weights the sampler loaded (a vLLM server or colocated engine started
@@ -235,13 +234,10 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
                 bar.total = total
                 bar.refresh()
     def close(self) -> None:
-        """Stop the rewards, this rank's verifier pool and the sampler's engine, if it has one."""
+        """Stop the rewards (and this rank's verifier pool) and the sampler's engine, if it has one."""
         if self._rewards is not None:
             self._rewards.close()
             self._rewards = None
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
         if hasattr(self.sampler, "close"):
             self.sampler.close()
 

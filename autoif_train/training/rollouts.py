@@ -193,20 +193,10 @@ class RolloutMixin:
         self.store.save_plan(r, samples, scores, pairs, plan)
         return pairs, plan
 
-    def _verifier_pool(self):
-        """This rank's sandbox pool, sized to its share of the host's cores (`SandboxArgs.pool`)."""
-        if self._pool is None:
-            self._pool = self.args.pool()
-        return self._pool
-
     def _reward(self):
-        """The recipe's rewards (`rewards`, `reward_weights`); verifier code runs in this rank's pool."""
+        """The recipe's rewards (`rewards`, `reward_weights`); verifier code runs in this rank's own sandbox pool."""
         if self._rewards is None:
-            from autoif_train.rewards import build_reward
-
-            names = self.args.rewards
-            pool = self._verifier_pool() if "verifier_code" in names else None
-            self._rewards = build_reward(names, self.args.reward_weights, pool=pool, **self.args.reward_options())
+            self._rewards = self.args.recipe_reward()
         return self._rewards
 
     @property
