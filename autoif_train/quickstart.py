@@ -21,7 +21,6 @@ after its last complete round, so an interruption loses at most the round in pro
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from autoif_train.core.errors import run_command
 from autoif_train.core.io import write_json
+from autoif_train.core.recipes import ArgumentParser
 from autoif_train.quickstart_report import benchmark_deltas, build_report, check_report, plot_pass_rate, print_summary
 from autoif_train.resources import bundled, resolve_shipped
 
@@ -167,7 +167,7 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(  # a bad flag is one line and exit 2, as in every command
         prog="autoif quickstart", description=__doc__.split("\n\n")[0],
         epilog="Unrecognised --field value flags override the recipe (OnlineDPOConfig / TRL fields).",
     )
@@ -201,7 +201,7 @@ def cli(argv: list[str] | None = None) -> int:
         args, overrides = parser.parse_known_args(argv)
         bad = [a for a in overrides if a.startswith("-") and not a.startswith("--")]
         if bad:
-            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")  # raises RecipeError
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         recipe = args.recipe or str(bundled(f"recipes/quickstart/{args.stage}.yaml"))
         names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]

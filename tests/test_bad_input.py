@@ -240,6 +240,11 @@ def test_quickstart_bad_inputs(work):
                           "field 'num_rounds': expected int, got 'two'")
     assert_one_line_error(autoif("quickstart", "--out", work / "q", "--model", "./no/model", cwd=work),
                           "quickstart", "model folder not found: ./no/model")
+    # the quickstart's own flags: one line, not argparse's usage dump
+    assert_one_line_error(autoif("quickstart", *out, "--eval-batch-size", "abc", cwd=work), "quickstart",
+                          "--eval-batch-size/--eval_batch_size: invalid int value: 'abc'")
+    assert_one_line_error(autoif("quickstart", *out, "--benchmarks", "ifevals", cwd=work), "quickstart",
+                          "unknown benchmark(s) ['ifevals']")
 
 
 def test_autoif_without_a_command_exits_2(work):
