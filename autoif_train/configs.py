@@ -129,7 +129,7 @@ class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields, VLLMEngineF
     """AutoIF iterative online DPO: sample K responses per prompt, score with the `rewards` (default: the prompts'
     verifier code, sandboxed; pool keys from `SandboxArgs`), build pairs with the pair rule (`data.pairs`:
     `chosen_threshold`, `rejected_threshold`, `max_chosen`, `max_rejected`, `truncated_samples`, `pair_ranking`),
-    train.
+    train (`dedupe_sequences`, `share_prompts`: each distinct sequence and prompt computed once, `training.sequences`).
     """
 
     num_rounds: int = field(default=3, metadata={"help": "Online rounds (stops early when prompts run out)."})
@@ -170,6 +170,15 @@ class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields, VLLMEngineF
     vllm_server_base_url: str | None = field(default=None, metadata={"help": "trl vllm-serve URL (server mode)."})
     vllm_server_timeout: float = field(default=240.0, metadata={"help": "Seconds to wait for the server."})
     eval_every_round: bool = field(default=False, metadata={"help": "Held-out verifier pass rate each round."})
+    dedupe_sequences: bool = field(
+        default=True, metadata={"help": "Forward each distinct (prompt, response) sequence of a micro-batch once, "
+                                        "with reference log-probs computed once per round and stored "
+                                        "(reference.jsonl): TRL's losses and gradients, less compute; false = TRL's "
+                                        "pairwise forward."})
+    share_prompts: bool = field(
+        default=True, metadata={"help": "With dedupe_sequences: forward each distinct prompt once and reuse its "
+                                        "key/value cache for its responses (the reference always; the policy on "
+                                        "one process without gradient_checkpointing)."})
 
     def __post_init__(self):
         import json
@@ -197,6 +206,9 @@ class OnlineDPOConfig(AutoIFDPOConfig, PairRuleFields, RewardFields, VLLMEngineF
             raise RecipeError(f"lr_schedule_scope must be auto, global or round, got {self.lr_schedule_scope!r}")
         if self.top_k < 0 or not 0 <= self.min_p < 1 or self.repetition_penalty <= 0:
             raise RecipeError("top_k must be >= 0, min_p in [0, 1) and repetition_penalty > 0")
+        if self.dedupe_sequences and (self.ld_alpha is not None or self.sync_ref_model):
+            raise RecipeError(None, None, "dedupe_sequences", "needs ld_alpha unset and sync_ref_model false (their "
+                              "reference terms are per pair or change); set dedupe_sequences: false")
         self.check_sandbox()
         super().__post_init__()
 

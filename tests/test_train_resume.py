@@ -3,8 +3,8 @@
 Run: python -m pytest tests/test_train_resume.py -q -m slow
 Kills land at a random optimizer step inside round 1 (checkpoints every step), during sampling, during scoring,
 and between a round's end checkpoint and its completion marker. In every case the resumed run ends with the same
-weights (atol 1e-6) and the same rounds.jsonl (timings aside) as the uninterrupted one, keeps every finished chunk,
-and repeats no optimizer step. The ZeRO-3 test launches 2 CPU processes with accelerate_configs/cpu_zero3.yaml.
+weights (atol 1e-6), the same rounds.jsonl (timings aside) and the same stored reference log-probs as the
+uninterrupted one, keeps every finished chunk, and repeats no optimizer step. The ZeRO-3 test launches 2 CPU processes with accelerate_configs/cpu_zero3.yaml.
 """
 
 import contextlib
@@ -29,7 +29,7 @@ SLOW_VERIFIER = "def evaluate(response):\n    import time\n    time.sleep(0.15)\
 EXTRA = ("--epochs_per_round", "2", "--lr_scheduler_type", "cosine", "--warmup_steps", "0.2", "--pairs_per_round",
          "5", "--rollout_chunk_prompts", "2", "--save_steps", "1", "--save_total_limit", "1")
 TIMING_KEYS = ("generation_seconds", "scoring_seconds", "training_seconds", "weight_sync_seconds", "reused_samples",
-               "reused_pairs")
+               "reused_pairs", "reference_seconds")
 
 
 def _command(model_dir: Path, out: Path, distributed: bool, *extra: str) -> list[str]:
@@ -100,9 +100,9 @@ def _check_same_as(out: Path, reference: Path) -> None:
     final, expected = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, rtol=0, atol=1e-6, msg=f"{name} differs after resume")
-    for a, b in ((out, reference),):  # the same samples, scores and pairs in every round
+    for a, b in ((out, reference),):  # the same samples, scores, pairs and reference log-probs in every round
         for r in range(2):
-            for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl"):
+            for name in ("samples.jsonl", "scores.jsonl", "pairs.jsonl", "reference.jsonl"):
                 assert (a / "rounds" / f"round_{r:04d}" / name).read_text() == \
                     (b / "rounds" / f"round_{r:04d}" / name).read_text(), (r, name)
 

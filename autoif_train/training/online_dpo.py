@@ -7,7 +7,10 @@ in the sandboxed `VerifierPool`, every rank an equal share); build pairs with th
 (`autoif_train.data.pairs`: unscored and, by default, truncated samples join no pair). With `pairs_per_round: P` chunks are drawn until P pairs exist and the round trains on the
 first P; otherwise a round is `prompts_per_round` prompts. The plan (prompts used, pairs, start step, steps) is
 written before training, then DPO steps run with DPOTrainer's own loss and frozen reference model on the sampled
-token ids (prompt ids + completion ids ending with the sampled end-of-turn id), never re-encoded text.
+token ids (prompt ids + completion ids ending with the sampled end-of-turn id), never re-encoded text. With
+`dedupe_sequences` (default) the round's reference log-probs are computed once per distinct sequence right after
+planning and stored (`training.reference`), and each micro-batch forwards each distinct sequence once, each
+distinct prompt once with `share_prompts` (`training.sequences`): TRL's losses and gradients, less compute.
 
 Schedules and resume (`training.schedule`): every round trains a number of optimizer steps known before it starts,
 with no pair visited more often than `epochs_per_round` says; the learning rate is a pure function of the global
@@ -39,9 +42,11 @@ from trl import DPOTrainer
 from autoif_train.core.errors import RecipeError
 from autoif_train.data.rows import PromptRow
 from autoif_train.generation.policy import build_policy_sampler
+from autoif_train.training.reference import round_reference
 from autoif_train.training.rollouts import RolloutMixin
 from autoif_train.training.rounds import RoundStateError, RoundStore
 from autoif_train.training.schedule import Schedule, micro_batches, resolve_scope, round_steps, visit_order
+from autoif_train.training.sequences import can_share_prompts, pair_loss, unsupported_reason
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +124,14 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
             model=model, ref_model=ref_model, args=args, train_dataset=placeholder,
             processing_class=processing_class, peft_config=peft_config,
         )
+        # each distinct sequence forwarded once (`training.sequences`), against the round's stored reference
+        # log-probs (`training.reference`), which the batches carry as TRL's precomputed ones
+        reason = unsupported_reason(self) if args.dedupe_sequences else None
+        if reason:
+            logger.warning("dedupe_sequences is off for this run (%s): TRL's pairwise DPO forward", reason)
+        self.dedupe = bool(args.dedupe_sequences) and reason is None
+        self.share_prompts = self.dedupe and can_share_prompts(self)
+        self.precompute_ref_logps = self.dedupe
         world = self.accelerator.num_processes
         self.per_step = world * args.per_device_train_batch_size * args.gradient_accumulation_steps
         self.rule = args.pair_rule()
@@ -179,12 +192,18 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
         sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's DPO loss, times the micro-batch's weight (0 for a filler slot of a round's last step)."""
+        """TRL's DPO loss (`dedupe_sequences`: each distinct sequence forwarded once, `training.sequences`), times the
+        micro-batch's weight (0 for a filler slot of a round's last step)."""
         weight = inputs.pop("loss_weight", 1.0)
         out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if weight == 1.0:
             return out
         return (out[0] * weight, out[1]) if return_outputs else out * weight
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if self.dedupe and not return_outputs:
+            return pair_loss(self, model, inputs)
+        return super()._compute_loss(model, inputs, return_outputs)
 
     # ----- rounds --------------------------------------------------------------------------------------------
     def get_train_dataloader(self):
@@ -233,6 +252,7 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
             if bar is not None:
                 bar.total = total
                 bar.refresh()
+
     def close(self) -> None:
         """Stop the rewards (and this rank's verifier pool) and the sampler's engine, if it has one."""
         if self._rewards is not None:
@@ -251,6 +271,15 @@ class AutoIFOnlineDPOTrainer(RolloutMixin, DPOTrainer):
                                   f"not in this run's data: the dataset changed; use a new output_dir")
         examples = [{"prompt_ids": self._encoded(by_id[p["prompt_id"]]), "chosen_ids": p["chosen_ids"],
                      "rejected_ids": p["rejected_ids"]} for p in pairs]
+        if self.dedupe:  # the reference log-probs of the round's distinct sequences, once (collective)
+            t0 = time.time()
+            prompt_ids = {pid: self._encoded(by_id[pid]) for pid in {p["prompt_id"] for p in pairs}}
+            ref, _ = round_reference(self, r, pairs, prompt_ids)
+            if self._current is not None:
+                self._current["summary"]["reference_seconds"] = time.time() - t0
+            for e, p in zip(examples, pairs, strict=True):
+                e["ref_chosen_logps"] = ref[(p["prompt_index"], p["chosen_sample"])]
+                e["ref_rejected_logps"] = ref[(p["prompt_index"], p["rejected_sample"])]
         args, acc = self.args, self.accelerator
         order = visit_order(len(examples), args.epochs_per_round, seed=args.seed * 7919 + r)
         batches = []

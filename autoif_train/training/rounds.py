@@ -7,6 +7,8 @@ A round is produced chunk by chunk (`rollout_chunk_prompts` prompts each) and th
     chunks/NNNNN.meta.json      the chunk's sampling / scoring seconds
     samples.jsonl, scores.jsonl the round's records, once all its chunks are done
     pairs.jsonl + plan.json     the pairs, and the plan: prompts used, pair counts, start step and steps to train
+    reference.jsonl             per distinct (prompt, sample) sequence of the pairs: its reference log-prob and
+                                scored token count (`training.reference`; with `dedupe_sequences`)
     complete.json               metrics and the round-end checkpoint; written before the held-out evaluation,
                                 whose result is merged in afterwards (`heldout.jsonl`)
 Every file is written whole (fsync) and renamed into place, so a kill leaves the old state or the new one and
@@ -93,6 +95,13 @@ class RoundStore:
         if not path.is_file():
             return None
         return read_rows(self.round_dir(r) / "pairs.jsonl"), json.loads(path.read_text())
+
+    def save_reference(self, r: int, rows: list[dict]) -> None:
+        write_jsonl(self.round_dir(r, create=True) / "reference.jsonl", rows)
+
+    def load_reference(self, r: int) -> list[dict] | None:
+        path = self.round_dir(r) / "reference.jsonl"
+        return read_rows(path) if path.is_file() else None
 
     def save_heldout(self, r: int, rows: list[dict]) -> None:
         write_jsonl(self.round_dir(r, create=True) / "heldout.jsonl", rows)
