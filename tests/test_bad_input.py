@@ -262,7 +262,18 @@ def test_ctrl_c_says_how_to_resume(work):
     proc = subprocess.Popen([sys.executable, "-m", "autoif_train.cli", "verify", "--verifiers", str(v), "--responses",
                              str(r), "--out", str(work / "O.jsonl"), "--timeout", "60", "--workers", "1",
                              "--no-progress"], cwd=work, env=env, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # scoring has started: the verifier spins until its 60 s timeout
+    import psutil
+
+    deadline = time.monotonic() + 60  # wait until scoring runs: a verifier process (a grandchild) spins on the CPU
+    def spinning() -> bool:
+        try:
+            return any(k.ppid() != proc.pid and k.cpu_times().user > 0.3
+                       for k in psutil.Process(proc.pid).children(recursive=True))
+        except psutil.Error:
+            return False
+
+    while time.monotonic() < deadline and proc.poll() is None and not spinning():
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]

@@ -195,7 +195,9 @@ def test_repeated_timeouts_disable_the_verifier():
     with VerifierPool(workers=1, timeout=0.2, grace=0.3, max_strikes=2, batch_size=4) as p:
         results = p.run([(loop, str(i)) for i in range(8)] + [(LOWER, "ok")])
         assert results == [None] * 8 + [True]
-        assert p.stats["timeouts"] == 2  # the other 6 calls never ran
+        # two strikes, then disabled: the other 6 calls never ran (a call killed right at its deadline may be
+        # reported as a crash rather than a timeout; both are strikes)
+        assert p.stats["timeouts"] + p.stats["crashes"] == 2 and p.stats["timeouts"] >= 1
         assert code_hash(loop) in p.disabled
         assert code_hash(LOWER) not in p.disabled
         assert p.run([(loop, "again")]) == [None]
