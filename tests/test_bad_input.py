@@ -261,7 +261,10 @@ def test_ctrl_c_says_how_to_resume(work):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "autoif_train.cli", "verify", "--verifiers", str(v), "--responses",
                              str(r), "--out", str(work / "O.jsonl"), "--timeout", "60", "--workers", "1",
-                             "--no-progress"], cwd=work, env=env, stderr=subprocess.PIPE, text=True)
+                             "--no-progress"], cwd=work, env=env, stderr=subprocess.PIPE, text=True,
+                            # as in a terminal: a suite run in the background (nohup, `cmd &`) ignores SIGINT, and
+                            # the child would inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     import psutil
 
     deadline = time.monotonic() + 60  # wait until scoring runs: a verifier process (a grandchild) spins on the CPU
