@@ -13,10 +13,10 @@ per step, from `train_log.jsonl`. Logic in `autoif_train.training.run_report`.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from autoif_train.core.errors import run_command
+from autoif_train.core.recipes import ArgumentParser
 
 
 def main(run_dir: str, output_dir: str | None = None) -> str:
@@ -29,7 +29,7 @@ def main(run_dir: str, output_dir: str | None = None) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autoif report", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="autoif report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run's output_dir (rounds.jsonl or train_log.jsonl) or a quickstart folder")
     parser.add_argument("--output_dir", "--output-dir", "--out", dest="output_dir", default=None,
                         help="where report.md and report/ go (default: RUN_DIR)")

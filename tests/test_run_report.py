@@ -50,6 +50,12 @@ def test_a_folder_without_a_run_log_is_one_line_exit_2(tmp_path, capsys):
     assert err.count("\n") == 0 and "no rounds.jsonl or train_log.jsonl" in err and str(tmp_path) in err
 
 
+def test_a_bad_flag_is_one_line_exit_2(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path), "--outdir", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unrecognized arguments: --outdir" in err
+
+
 def test_a_bad_rounds_line_names_file_and_line(tmp_path, capsys):
     (tmp_path / "rounds.jsonl").write_text('{"round": 0, "mean_pass_rate": 0.1}\n{"round": 1,\n')
     assert cli.main(["report", str(tmp_path)]) == 2
