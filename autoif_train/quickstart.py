@@ -70,22 +70,29 @@ def evaluate_benchmarks(model_path: str, spec: dict, pool_args, out_dir: Path) -
     import importlib.util
 
     from autoif_train.evaluate import EvalArgs, run
-    from autoif_train.evaluation.report import load_results
+    from autoif_train.evaluation.base import load_benchmark
+    from autoif_train.evaluation.report import data_hash, load_results
 
     backend = spec["backend"]
     if backend == "auto":
         backend = "vllm" if importlib.util.find_spec("vllm") else "transformers"
-    done = load_results(out_dir).get(model_path, {})
-    wanted = {"limit": spec["limit"], "max_new_tokens": spec["max_new_tokens"], "backend": backend}
-    if all(b in done and all(done[b].get("settings", {}).get(k) == v for k, v in wanted.items())
-           for b in spec["benchmarks"]):
-        logger.info("benchmarks of %s: reusing %s", model_path, out_dir / "results.json")
-        return {b: done[b] for b in spec["benchmarks"]}
     args = EvalArgs(model=[model_path], benchmarks=list(spec["benchmarks"]), output_dir=str(out_dir),
                     data=spec["ifeval_data"], limit=spec["limit"], backend=backend,
                     max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
                     skip_unavailable_checkers=True, verifier_workers=pool_args.verifier_workers,
                     verifier_timeout=pool_args.verifier_timeout, isolation=pool_args.isolation)
+    done = load_results(out_dir).get(model_path, {})
+    wanted = {"limit": spec["limit"], "max_new_tokens": spec["max_new_tokens"], "backend": backend}
+
+    def finished(name: str) -> bool:  # same settings and the same prompts (a hash of the data as loaded now)
+        saved = done.get(name, {}).get("settings", {})
+        if any(saved.get(k) != v for k, v in wanted.items()):
+            return False
+        return saved.get("data_sha256") == data_hash(load_benchmark(name, args).prompts())
+
+    if all(finished(b) for b in spec["benchmarks"]):
+        logger.info("benchmarks of %s: reusing %s", model_path, out_dir / "results.json")
+        return {b: done[b] for b in spec["benchmarks"]}
     return {b: m for b, m in run(args)[model_path].items() if b in spec["benchmarks"]}
 
 

@@ -186,3 +186,7 @@ def test_benchmarks_before_and_after_with_the_same_settings(tiny_model_dir, tmp_
     stamp = (out / "benchmarks" / "results.json").stat().st_mtime_ns
     assert quickstart.cli(args) == 0  # rerun: nothing re-evaluated
     assert (out / "benchmarks" / "results.json").stat().st_mtime_ns == stamp
+    # other IFEval data under the same folder is not taken for the saved results: it is refused, nothing mixed
+    ifeval.write_text(ifeval.read_text().replace("cats", "dogs"))
+    assert quickstart.cli(args) == 2
+    assert (out / "benchmarks" / "results.json").stat().st_mtime_ns == stamp
