@@ -11,13 +11,12 @@ run folder being written while it is read (the newest round may then be missing)
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoif_train.core.errors import InputError
-from autoif_train.core.io import atomic_path, read_rows, write_text
+from autoif_train.core.io import atomic_path, read_json, read_rows, write_text
 
 # (panel title, [(key, label)], y label): online-DPO rounds
 ROUND_PANELS = [
@@ -166,7 +165,7 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None) -> 
     plots = plot(hist, png_dir)
     quickstart = None
     if (run_dir / "report.json").is_file():
-        quickstart = json.loads((run_dir / "report.json").read_text())
+        quickstart = read_json(run_dir / "report.json")
     path = out / "report.md"
     write_text(path, markdown(hist, plots, quickstart))
     return path
