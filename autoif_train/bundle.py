@@ -12,9 +12,12 @@ lists the other problems found.
 
 Sources (hand-written): `instructions.jsonl` (one instruction, its verifier functions and test cases per line) and
 `queries.jsonl` (short user queries). Derived (written by this module, deterministic, shipped):
-`functions.jsonl` (every verifier as `{"id", "code"}`), `train_prompts.jsonl` and `heldout_prompts.jsonl` (online-DPO
-prompt rows whose `verifiers` are ids into `functions.jsonl`). The split is by query: a fixed share of queries, chosen
-by a hash of their id, is held out, and held-out queries never appear in a training row. See verifiers/README.md.
+`functions.jsonl` (every verifier as `{"id", "code"}`) and online-DPO prompt rows whose `verifiers` are ids into it:
+`train_prompts.jsonl`, `train_prompts_multi.jsonl` (every second row combines 2-3 instructions, as IFEval's prompts
+do), `heldout_prompts.jsonl` (in distribution) and `heldout_ood_prompts.jsonl` (out of distribution). The split is
+two-way, each by a hash of ids: a fixed share of queries is held out (held-out queries never appear in a training
+row), and a fixed share of each category's instructions is held out entirely (never in a training row, with any
+query), so held-out prompts measure both unseen queries and unseen instruction types. See verifiers/README.md.
 
 Loading only parses verifier code (`ast.parse`), it never runs it; running happens only in the sandboxed pool. Not
 protected against: verifiers that are wrong in a way the test cases do not catch.
@@ -37,14 +40,31 @@ from autoif_train.resources import bundled
 
 DEFAULT_DIR = bundled("verifiers")
 SOURCE_FILES = ("instructions.jsonl", "queries.jsonl")
-DERIVED_FILES = ("functions.jsonl", "train_prompts.jsonl", "heldout_prompts.jsonl")
+DERIVED_FILES = ("functions.jsonl", "train_prompts.jsonl", "train_prompts_multi.jsonl", "heldout_prompts.jsonl",
+                 "heldout_ood_prompts.jsonl")
 
 MIN_VERIFIERS = 2  # independent implementations per instruction
 MIN_CASES = 6  # test cases per instruction, with both outcomes present
 QUERY_CHARS = (20, 200)  # allowed query length, inclusive
 HELDOUT_FRACTION = 0.2  # share of queries held out from training
 TRAIN_ROWS_PER_INSTRUCTION = 24  # training rows per instruction (each with a different training query)
-HELDOUT_ROWS_PER_INSTRUCTION = 2  # held-out rows per instruction
+HELDOUT_ROWS_PER_INSTRUCTION = 2  # held-out rows per trained instruction (in distribution)
+OOD_FRACTION = 0.2  # share of each category's instructions never trained on (at least 1 of a category of 2 or more)
+OOD_ROWS_PER_INSTRUCTION = 4  # held-out rows per held-out instruction (out of distribution)
+# Multi-instruction rows combine instructions of different categories, never a SOLO one nor two of one CONFLICTS
+# group (they compete for the same place or forbid what the other needs). Combinations this misses pull against
+# each other harder; a combination no response can satisfy only gives no pair.
+SOLO = frozenset({"max_words_5", "single_line", "wrap_in_quotes", "json_object", "lowercase_only", "uppercase_only"})
+CONFLICTS = (
+    {"start_with_certainly", "start_with_here_is", "start_with_dear_friend", "markdown_heading"},  # the first words
+    {"end_with_question", "end_with_period", "end_with_hope_this_helps", "last_word_goodbye", "postscript",
+     "sign_off_name", "two_hashtags"},  # the last words
+    {"no_markdown", "markdown_heading", "two_bold_phrases", "code_block", "two_hashtags"},  # markdown or none
+    {"three_bullets", "numbered_list", "markdown_table", "two_paragraphs", "part_labels", "qa_lines", "code_block",
+     "exactly_three_sentences", "max_sentences_2", "min_sentences_4"},  # the reply's layout
+    {"no_digits", "numbered_list"}, {"no_commas", "start_with_dear_friend"},
+    {"no_colons_semicolons", "start_with_here_is", "qa_lines", "part_labels"},
+)
 ID_PATTERN = re.compile(r"^[a-z0-9_]+$")
 MAX_REPORTED_ERRORS = 30
 
@@ -246,6 +266,63 @@ def split_queries(queries: list[Query], heldout_fraction: float = HELDOUT_FRACTI
     return [q for q in queries if q.id not in heldout_ids], [q for q in queries if q.id in heldout_ids]
 
 
+def split_instructions(instructions: list[Instruction], fraction: float = OOD_FRACTION
+                       ) -> tuple[list[Instruction], list[Instruction]]:
+    """(trained, held-out) instructions, in file order. Per category, the `round(fraction * n)` (at least 1 when the
+    category has 2 or more) instructions whose id hashes lowest are held out: every category is in both parts."""
+    by_category: dict[str, list[Instruction]] = {}
+    for inst in instructions:
+        by_category.setdefault(inst.category, []).append(inst)
+    heldout_ids: set[str] = set()
+    for group in by_category.values():
+        n = max(1, round(fraction * len(group))) if len(group) >= 2 else 0
+        heldout_ids |= {i.id for i in sorted(group, key=lambda i: _rank("ood", i.id))[:n]}
+    return [i for i in instructions if i.id not in heldout_ids], [i for i in instructions if i.id in heldout_ids]
+
+
+def combinable(a: Instruction, b: Instruction) -> bool:
+    """Whether a multi-instruction row may carry both: different categories, neither SOLO, no shared CONFLICTS group."""
+    if a.category == b.category or a.id in SOLO or b.id in SOLO:
+        return False
+    return not any(a.id in group and b.id in group for group in CONFLICTS)
+
+
+def _row(insts: list[Instruction], query: Query) -> dict:
+    """One prompt row: the query, then the instructions; its verifiers are all of theirs (the pass rate is the mean
+    over them, so 1.0 means every instruction was followed)."""
+    row = {
+        "id": "+".join(i.id for i in insts) + f"--{query.id}",
+        "prompt": [{"role": "user", "content": join_prompt(query.query, " ".join(i.instruction for i in insts))}],
+        "verifiers": [v.id for i in insts for v in i.verifiers],
+        "instruction_id": "+".join(i.id for i in insts),
+        "category": insts[0].category if len(insts) == 1 else "multi",
+        "query_id": query.id,
+    }
+    if len(insts) > 1:
+        row["instruction_ids"] = [i.id for i in insts]
+    return row
+
+
+def _multi_rows(instructions: list[Instruction], queries: list[Query], n_rows: int, salt: str) -> list[dict]:
+    """`n_rows` rows of 2 or 3 combinable instructions (2, 2, 3, 2, 2, 3, ...), combinations and queries drawn by a
+    generator seeded with `salt` over id-sorted inputs: deterministic, and independent of file order."""
+    import random
+
+    insts = sorted(instructions, key=lambda i: i.id)
+    pairs = [(a, b) for n, a in enumerate(insts) for b in insts[n + 1:] if combinable(a, b)]
+    triples = [(a, b, c) for a, b in pairs for c in insts if c.id > b.id and combinable(a, c) and combinable(b, c)]
+    if not pairs:
+        raise BundleError(f"no two instructions can be combined for {salt}")
+    rng = random.Random(salt)
+    order = sorted(queries, key=lambda q: _rank(salt, q.id))
+    rows = []
+    for k in range(n_rows):
+        combo = list(rng.choice(triples if k % 3 == 2 and triples else pairs))
+        rng.shuffle(combo)
+        rows.append(_row(combo, order[k % len(order)]))
+    return rows
+
+
 def _pair_rows(instructions: list[Instruction], queries: list[Query], per_instruction: int, salt: str) -> list[dict]:
     """`per_instruction` rows per instruction, each with a different query taken by rotation from a hashed order of
     `queries`; rows are interleaved round-robin over instructions, so any prefix covers the instructions evenly."""
@@ -255,28 +332,24 @@ def _pair_rows(instructions: list[Instruction], queries: list[Query], per_instru
     rows = []
     for k in range(per_instruction):
         for j, inst in enumerate(instructions):
-            query = order[(j * per_instruction + k) % len(order)]
-            rows.append(
-                {
-                    "id": f"{inst.id}--{query.id}",
-                    "prompt": [{"role": "user", "content": join_prompt(query.query, inst.instruction)}],
-                    "verifiers": [v.id for v in inst.verifiers],
-                    "instruction_id": inst.id,
-                    "category": inst.category,
-                    "query_id": query.id,
-                }
-            )
+            rows.append(_row([inst], order[(j * per_instruction + k) % len(order)]))
     return rows
 
 
 def build_derived(bundle: Bundle) -> dict[str, str]:
     """File name -> exact text of each derived file (deterministic: same sources, same bytes)."""
     train_q, heldout_q = split_queries(bundle.queries)
+    trained, ood = split_instructions(bundle.instructions)
     functions = [{"id": v.id, "code": v.code} for inst in bundle.instructions for v in inst.verifiers]
+    train = _pair_rows(trained, train_q, TRAIN_ROWS_PER_INSTRUCTION, "train")
+    multi = _multi_rows(trained, train_q, len(train) // 2, "multi")
     files = {
         "functions.jsonl": functions,
-        "train_prompts.jsonl": _pair_rows(bundle.instructions, train_q, TRAIN_ROWS_PER_INSTRUCTION, "train"),
-        "heldout_prompts.jsonl": _pair_rows(bundle.instructions, heldout_q, HELDOUT_ROWS_PER_INSTRUCTION, "heldout"),
+        "train_prompts.jsonl": train,
+        # single and multi-instruction rows alternate, so any prefix holds both halves
+        "train_prompts_multi.jsonl": [row for pair in zip(train, multi) for row in pair],
+        "heldout_prompts.jsonl": _pair_rows(trained, heldout_q, HELDOUT_ROWS_PER_INSTRUCTION, "heldout"),
+        "heldout_ood_prompts.jsonl": _pair_rows(ood, heldout_q, OOD_ROWS_PER_INSTRUCTION, "heldout_ood"),
     }
     return {name: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) for name, rows in files.items()}
 
@@ -370,12 +443,14 @@ def main(
     # ----- Cross-validate in the sandbox
     if run_cross_validation:
         status = max(status, _run_cross_validation(bundle.instructions, workers, timeout, isolation))
-    n_train = derived["train_prompts.jsonl"].count("\n")
-    n_heldout = derived["heldout_prompts.jsonl"].count("\n")
+    n = {name: derived[name].count("\n") for name in DERIVED_FILES}
+    n_ood = len(split_instructions(bundle.instructions)[1])
     print(
-        f"bundle: {len(bundle.instructions)} instructions, "
+        f"bundle: {len(bundle.instructions)} instructions ({n_ood} never trained on), "
         f"{sum(len(i.verifiers) for i in bundle.instructions)} verifiers, {len(bundle.queries)} queries, "
-        f"{n_train} training prompts, {n_heldout} held-out prompts" + (" (up to date)" if not stale else "")
+        f"{n['train_prompts.jsonl']} training prompts ({n['train_prompts_multi.jsonl']} in the multi-instruction "
+        f"set), {n['heldout_prompts.jsonl']} held-out prompts in distribution and "
+        f"{n['heldout_ood_prompts.jsonl']} out of it" + (" (up to date)" if not stale else "")
     )
     return status
 

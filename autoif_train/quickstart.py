@@ -5,10 +5,12 @@ Usage:
     autoif quickstart [--output_dir runs/quickstart] [--recipe recipes/quickstart/online_dpo.yaml] [--field value ...]
     autoif quickstart --stage grpo --output_dir runs/quickstart-grpo     # recipes/quickstart/grpo.yaml
     autoif quickstart --benchmarks ifeval,ifbench --ifeval-data input_data.jsonl --output_dir runs/reproduce
+    autoif quickstart --sft-warm-start --output_dir runs/quickstart-sft     # SFT on verified samples first
     python -m autoif_train.quickstart --output_dir runs/quickstart
 
 Steps: prepare the model (`autoif models prepare`), greedy held-out verifier pass rate on
-`verifiers/heldout_prompts.jsonl` (verifiers run in the sandboxed pool), the online-DPO (or GRPO) recipe
+`verifiers/heldout_prompts.jsonl` (trained instruction types, unseen queries) and `verifiers/heldout_ood_prompts.jsonl`
+(instruction types never trained on), verifiers run in the sandboxed pool, the online-DPO (or GRPO) recipe
 (`autoif_train.train`), the same held-out evaluation on the trained policy, then `OUT/report.json`,
 `OUT/pass_rate.png`, a before/after table and `OUT/report.md` with the run's plots (`autoif report`). With
 `--benchmarks ifeval,ifbench` (`make reproduce`) the untrained and the trained model are also evaluated on IFEval
@@ -36,18 +38,22 @@ from autoif_train.resources import bundled, resolve_shipped
 DEFAULT_RECIPE = bundled("recipes/quickstart/online_dpo.yaml")
 QUICKSTART_STAGES = ("online_dpo", "grpo")
 DEFAULT_HELDOUT = bundled("verifiers/heldout_prompts.jsonl")
+DEFAULT_HELDOUT_OOD = bundled("verifiers/heldout_ood_prompts.jsonl")
 logger = logging.getLogger(__name__)
 
 
 def evaluate_heldout(model_path: str, rows, pool, max_new_tokens: int, batch_size: int, cache: Path, label: str):
     """Greedy responses of `model_path` to the held-out rows, scored in `pool`; cached in `cache` (JSONL records).
 
-    Reuses `cache` only when it holds the same prompt ids, model path and generation length.
+    Reuses `cache` only when it holds the same prompt ids, model path, model fingerprint (so a model trained further
+    in the same folder is evaluated again) and generation length.
     """
+    from autoif_train.evaluation.report import model_fingerprint
     from autoif_train.evaluation.verifier_pass_rate import score_verifier_responses
     from autoif_train.generation import GenerationConfig, build_generator
 
-    meta = {"model": model_path, "max_new_tokens": max_new_tokens, "ids": [r.id for r in rows]}
+    meta = {"model": model_path, "model_sha256": model_fingerprint(model_path), "max_new_tokens": max_new_tokens,
+            "ids": [r.id for r in rows]}
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("meta") == meta:
@@ -71,7 +77,7 @@ def evaluate_benchmarks(model_path: str, spec: dict, pool_args, out_dir: Path) -
 
     from autoif_train.evaluate import EvalArgs, run
     from autoif_train.evaluation.base import load_benchmark
-    from autoif_train.evaluation.report import data_hash, load_results
+    from autoif_train.evaluation.report import data_hash, load_results, model_fingerprint
 
     backend = spec["backend"]
     if backend == "auto":
@@ -82,7 +88,8 @@ def evaluate_benchmarks(model_path: str, spec: dict, pool_args, out_dir: Path) -
                     skip_unavailable_checkers=True, verifier_workers=pool_args.verifier_workers,
                     verifier_timeout=pool_args.verifier_timeout, isolation=pool_args.isolation)
     done = load_results(out_dir).get(model_path, {})
-    wanted = {"limit": spec["limit"], "max_new_tokens": spec["max_new_tokens"], "backend": backend}
+    wanted = {"limit": spec["limit"], "max_new_tokens": spec["max_new_tokens"], "backend": backend,
+              "model_sha256": model_fingerprint(model_path)}  # the same weights: a model trained further is redone
 
     def finished(name: str) -> bool:  # same settings and the same prompts (a hash of the data as loaded now)
         saved = done.get(name, {}).get("settings", {})
@@ -97,8 +104,14 @@ def evaluate_benchmarks(model_path: str, spec: dict, pool_args, out_dir: Path) -
 
 
 def main(out: str, recipe: str, model: str, heldout: str, functions: str | None, max_heldout: int | None,
-         eval_max_new_tokens: int, eval_batch_size: int, overrides: list[str], benchmarks: dict | None = None) -> dict:
+         eval_max_new_tokens: int, eval_batch_size: int, overrides: list[str], benchmarks: dict | None = None,
+         heldout_ood: str | None = None, warm_start_prompts: int = 0) -> dict:
     """Run the quickstart end to end and return the report (also written to `out/report.json`).
+
+    `heldout_ood`: prompt rows of instruction types never trained on, evaluated beside `heldout` in the same greedy
+    pass (`max_heldout` applies to each file); None or "" leaves them out. `warm_start_prompts` > 0: AutoIF's SFT
+    warm start on the model's own verified responses to that many training prompts (`training.warm_start`) before
+    the rounds, which then start from the SFT model.
 
     `benchmarks`: {"benchmarks": [...], "ifeval_data", "limit", "max_new_tokens", "backend", "batch_size"} to also
     evaluate IFEval / IFBench before and after training."""
@@ -106,6 +119,7 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     from autoif_train.core.recipes import read_recipe
     from autoif_train.evaluation.verifier_pass_rate import load_verifier_prompts
     from autoif_train.models import resolve_model
+    from autoif_train.quickstart_report import subset
     from autoif_train.train import main as train_main
     from autoif_train.training.run_report import write_run_report
 
@@ -116,6 +130,10 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
 
     # ----- Inputs first: a bad recipe or data row fails here, before any model work
     stage = read_recipe(recipe).values.get("stage", "online_dpo")
+    if warm_start_prompts and stage != "online_dpo":
+        from autoif_train.core.errors import RecipeError
+
+        raise RecipeError(recipe, None, "stage", f"--sft-warm-start runs before online DPO only, not {stage}")
     train_dir = out_dir / stage
     t0 = time.time()
     model_path = resolve_model(model)
@@ -126,18 +144,41 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     script_args.dataset_path = resolve_shipped(script_args.dataset_path)
     script_args.verifier_bundle = resolve_shipped(script_args.verifier_bundle)
     rows = load_verifier_prompts(heldout, functions, max_heldout)
+    ood_rows = load_verifier_prompts(heldout_ood, functions, max_heldout) if heldout_ood else []
+    clash = {r.id for r in rows} & {r.id for r in ood_rows}
+    if clash:
+        from autoif_train.core.errors import InputError
+
+        raise InputError(heldout_ood, None, "id", f"{len(clash)} prompt ids also in {heldout}, e.g. {min(clash)!r}")
+    eval_rows = rows + ood_rows  # one greedy pass over both sets, split again for the report
     eval_args = (eval_max_new_tokens, eval_batch_size)
+
+    def split(result):
+        if not ood_rows:
+            return result, None
+        return subset(result, [r.id for r in rows]), subset(result, [r.id for r in ood_rows])
 
     with training_args.pool() as pool:  # SandboxArgs: the recipe's verifier pool, sized to the host
         # ----- Held-out pass rate before training
         t0 = time.time()
-        before = evaluate_heldout(model_path, rows, pool, *eval_args, out_dir / "heldout_before.json", "before")
+        before, ood_before = split(evaluate_heldout(model_path, eval_rows, pool, *eval_args,
+                                                    out_dir / "heldout_before.json", "before"))
         timings["eval_before"] = time.time() - t0
         logger.info("held-out pass rate before: %.3f", before[0]["pass_rate"])
         if benchmarks:
             t0 = time.time()
             bench_before = evaluate_benchmarks(model_path, benchmarks, training_args, out_dir / "benchmarks")
             timings["benchmarks_before"] = time.time() - t0
+
+        # ----- Optional SFT warm start on verified samples (reused when finished)
+        warm_stats = None
+        if warm_start_prompts:
+            from autoif_train.training.warm_start import warm_start
+
+            t0 = time.time()
+            model_args.model_name_or_path, warm_stats = warm_start(
+                model_path, script_args, training_args, pool, out_dir / "sft", warm_start_prompts)
+            timings["sft_warm_start"] = time.time() - t0
 
         # ----- Online DPO rounds (resumes after the last complete round) or GRPO (from its last checkpoint)
         t0 = time.time()
@@ -146,7 +187,8 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
 
         # ----- Held-out pass rate after training
         t0 = time.time()
-        after = evaluate_heldout(result.output_dir, rows, pool, *eval_args, out_dir / "heldout_after.json", "after")
+        after, ood_after = split(evaluate_heldout(result.output_dir, eval_rows, pool, *eval_args,
+                                                  out_dir / "heldout_after.json", "after"))
         timings["eval_after"] = time.time() - t0
         if benchmarks:
             t0 = time.time()
@@ -157,10 +199,12 @@ def main(out: str, recipe: str, model: str, heldout: str, functions: str | None,
     # ----- Report
     settings = {
         "model": model, "model_path": model_path, "recipe": str(recipe), "overrides": overrides,
-        "heldout": str(heldout), "heldout_prompts": len(rows), "eval_max_new_tokens": eval_max_new_tokens,
-        "trained_model": result.output_dir, "stage": stage,
+        "heldout": str(heldout), "heldout_prompts": len(rows), "heldout_ood": str(heldout_ood or ""),
+        "heldout_ood_prompts": len(ood_rows), "eval_max_new_tokens": eval_max_new_tokens,
+        "trained_model": result.output_dir, "stage": stage, "sft_warm_start": warm_stats,
     }
-    report = build_report(before, after, result.rounds, settings, timings)
+    report = build_report(before, after, result.rounds, settings, timings,
+                          ood=(ood_before, ood_after) if ood_rows else None)
     if benchmarks:
         report["benchmarks"] = benchmark_deltas(bench_before, bench_after)
     check_report(report)
@@ -186,13 +230,21 @@ def cli(argv: list[str] | None = None) -> int:
                         help="Recipe YAML (default: recipes/quickstart/<stage>.yaml).")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Embedded model name or a local path.")
     parser.add_argument("--heldout", default=str(DEFAULT_HELDOUT), help="Held-out online-DPO prompt rows.")
+    parser.add_argument("--heldout-ood", "--heldout_ood", default=None,
+                        help="Held-out rows of instruction types never trained on (default: the bundled "
+                             "heldout_ood_prompts.jsonl with the default --heldout, else none; '' = none).")
     parser.add_argument("--functions", default=None, help="Verifier bundle for ids (default: beside --heldout).")
     parser.add_argument("--max-heldout", "--max_heldout", type=int, default=None,
                         help="Evaluate only the first N held-out rows.")
     parser.add_argument("--eval-max-new-tokens", "--eval_max_new_tokens", type=int, default=96,
                         help="Greedy tokens per held-out response.")
-    parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=128,
-                        help="Held-out prompts per generate() call (one batch of 110 is ~1.9x faster than 16 on CPU).")
+    parser.add_argument("--eval-batch-size", "--eval_batch_size", type=int, default=144,
+                        help="Held-out prompts per generate() call (default: all 132 in one; one batch of 110 is ~1.9x faster "
+                             "than 16 on CPU).")
+    parser.add_argument("--sft-warm-start", "--sft_warm_start", action="store_true",
+                        help="AutoIF's SFT warm start: SFT on the model's own verified responses before the rounds.")
+    parser.add_argument("--sft-warm-start-prompts", "--sft_warm_start_prompts", type=int, default=220,
+                        help="Training prompts sampled for the warm start (the file's last N rows).")
     parser.add_argument("--benchmarks", default="",
                         help="Also evaluate these before and after training, e.g. ifeval,ifbench (make reproduce).")
     parser.add_argument("--ifeval-data", "--ifeval_data", default=None,
@@ -219,8 +271,12 @@ def cli(argv: list[str] | None = None) -> int:
             spec = {"benchmarks": check_names(names), "ifeval_data": args.ifeval_data, "limit": args.benchmark_limit,
                     "max_new_tokens": args.benchmark_max_new_tokens, "backend": args.eval_backend,
                     "batch_size": min(args.eval_batch_size, 64)}
+        ood = args.heldout_ood
+        if ood is None:
+            ood = str(DEFAULT_HELDOUT_OOD) if args.heldout == str(DEFAULT_HELDOUT) else ""
         main(args.out, recipe, args.model, args.heldout, args.functions, args.max_heldout,
-             args.eval_max_new_tokens, args.eval_batch_size, overrides, spec)
+             args.eval_max_new_tokens, args.eval_batch_size, overrides, spec, heldout_ood=ood,
+             warm_start_prompts=args.sft_warm_start_prompts if args.sft_warm_start else 0)
         return 0
 
     return run_command("autoif quickstart", run, argv)

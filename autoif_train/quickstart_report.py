@@ -28,25 +28,48 @@ def by_group(records: list[dict], key: str) -> dict[str, float]:
     return {name: sum(v) / len(v) for name, v in sorted(groups.items())}
 
 
-def build_report(before: tuple[dict, list[dict]], after: tuple[dict, list[dict]], rounds: list[dict],
-                 settings: dict, timings: dict) -> dict:
-    """The `report.json` document: held-out before/after (fractions), one entry per round, settings and timings."""
+def subset(result: tuple[dict, list[dict]], ids: list[str]) -> tuple[dict, list[dict]]:
+    """The (metrics, records) of the prompts `ids` within one scored evaluation (pass rate, all_pass, counts)."""
+    from autoif_train.evaluation.verifier_pass_rate import verifier_metrics
+
+    wanted = set(ids)
+    records = [r for r in result[1] if r["id"] in wanted]
+    if len(records) != len(wanted):
+        raise ValueError(f"{len(wanted) - len(records)} of the {len(wanted)} prompts are missing from the evaluation")
+    return verifier_metrics(records), records
+
+
+def held_out_section(before: tuple[dict, list[dict]], after: tuple[dict, list[dict]]) -> dict:
+    """Before/after pass rates (fractions), per category, the change, and per instruction."""
     (m_before, r_before), (m_after, r_after) = before, after
-    round_rows = [{k: rec.get(k) for k in ROUND_KEYS if k in rec} for rec in rounds]
     return {
-        "held_out": {
-            "before": {**m_before, "by_category": by_group(r_before, "category")},
-            "after": {**m_after, "by_category": by_group(r_after, "category")},
-            "delta_pass_rate": m_after["pass_rate"] - m_before["pass_rate"],
-            "by_instruction": {
-                name: {"before": b, "after": by_group(r_after, "instruction_id").get(name)}
-                for name, b in by_group(r_before, "instruction_id").items()
-            },
+        "before": {**m_before, "by_category": by_group(r_before, "category")},
+        "after": {**m_after, "by_category": by_group(r_after, "category")},
+        "delta_pass_rate": m_after["pass_rate"] - m_before["pass_rate"],
+        "by_instruction": {
+            name: {"before": b, "after": by_group(r_after, "instruction_id").get(name)}
+            for name, b in by_group(r_before, "instruction_id").items()
         },
-        "rounds": round_rows,
+    }
+
+
+def build_report(before: tuple[dict, list[dict]], after: tuple[dict, list[dict]], rounds: list[dict],
+                 settings: dict, timings: dict, ood: tuple[tuple, tuple] | None = None) -> dict:
+    """The `report.json` document: held-out before/after (`held_out`: trained instruction types, unseen queries;
+    `held_out_ood`, when `ood` = (before, after) is given: instruction types never trained on), one entry per
+    round, settings and timings."""
+    report = {"held_out": held_out_section(before, after)}
+    if ood:
+        report["held_out_ood"] = held_out_section(*ood)
+    report.update({
+        "rounds": [{k: rec.get(k) for k in ROUND_KEYS if k in rec} for rec in rounds],
         "settings": settings,
         "timings_seconds": timings,
-    }
+    })
+    return report
+
+
+HELD_OUT_SETS = (("held_out", "in distribution"), ("held_out_ood", "out of distribution"))
 
 
 BENCHMARK_METRICS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
@@ -68,10 +91,13 @@ def benchmark_deltas(before: dict, after: dict) -> dict:
 
 def check_report(report: dict) -> None:
     """Raise `ValueError` naming the first missing or malformed field of a quickstart report."""
-    for phase in ("before", "after"):
-        value = report.get("held_out", {}).get(phase, {}).get("pass_rate")
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or math.isnan(value):
-            raise ValueError(f"report.json: held_out.{phase}.pass_rate must be a fraction in [0, 1], got {value!r}")
+    for key, _ in HELD_OUT_SETS:
+        if key == "held_out_ood" and key not in report:
+            continue
+        for phase in ("before", "after"):
+            value = report.get(key, {}).get(phase, {}).get("pass_rate")
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or math.isnan(value):
+                raise ValueError(f"report.json: {key}.{phase}.pass_rate must be a fraction in [0, 1], got {value!r}")
     rounds = report.get("rounds")
     if not isinstance(rounds, list):
         raise ValueError("report.json: 'rounds' must be a list of per-round metrics")
@@ -95,13 +121,17 @@ def plot_pass_rate(report: dict, path: Path) -> None:
     if rounds:
         ax.plot([r["round"] for r in rounds], [100 * r["mean_pass_rate"] for r in rounds], "o-",
                 label="training prompts: sampled responses")
-    held = report["held_out"]
     end = max(n, 1)  # GRPO logs steps, not rounds: before at 0, after at 1
-    ax.plot([0, end], [100 * held["before"]["pass_rate"], 100 * held["after"]["pass_rate"]], "s--", color="C3",
-            label="held-out prompts: greedy")
-    for x, phase in ((0, "before"), (end, "after")):
-        value = 100 * held[phase]["pass_rate"]
-        ax.annotate(f"{value:.1f}%", (x, value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    for (key, label), color, marker in zip(HELD_OUT_SETS, ("C3", "C2"), ("s--", "^:")):
+        if key not in report:
+            continue
+        held = report[key]
+        ax.plot([0, end], [100 * held["before"]["pass_rate"], 100 * held["after"]["pass_rate"]], marker, color=color,
+                label=f"held-out prompts, {label}: greedy (n={held['after'].get('num_prompts', '?')})")
+        for x, phase in ((0, "before"), (end, "after")):
+            value = 100 * held[phase]["pass_rate"]
+            ax.annotate(f"{value:.1f}%", (x, value), textcoords="offset points", xytext=(0, 6), ha="center",
+                        fontsize=8, color=color)
     stage = report.get("settings", {}).get("stage", "online_dpo")
     ax.set_xlabel("online DPO rounds completed" if stage == "online_dpo" else f"{stage}: before / after training")
     ax.set_ylabel("verifier pass rate (%)")
@@ -109,8 +139,7 @@ def plot_pass_rate(report: dict, path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    n_heldout = report.get("settings", {}).get("heldout_prompts")
-    ax.set_title("AutoIF quickstart: verifier pass rate" + (f" (held-out n={n_heldout})" if n_heldout else ""))
+    ax.set_title("AutoIF quickstart: verifier pass rate")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -123,18 +152,22 @@ def print_summary(report: dict, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    held = report["held_out"]
-    table = Table(title="Held-out verifier pass rate (greedy)")
-    table.add_column("category")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    table.add_column("change", justify="right")
-    for cat, b in held["before"]["by_category"].items():
-        a = held["after"]["by_category"].get(cat, float("nan"))
-        table.add_row(cat, f"{100 * b:.1f}%", f"{100 * a:.1f}%", f"{100 * (a - b):+.1f}")
-    b, a = held["before"]["pass_rate"], held["after"]["pass_rate"]
-    table.add_row("[bold]all[/bold]", f"[bold]{100 * b:.1f}%", f"[bold]{100 * a:.1f}%", f"[bold]{100 * (a - b):+.1f}")
-    console.print(table)
+    for key, label in HELD_OUT_SETS:
+        if key not in report:
+            continue
+        held = report[key]
+        table = Table(title=f"Held-out verifier pass rate (greedy), {label}, n={held['after'].get('num_prompts', '?')}")
+        table.add_column("category")
+        table.add_column("before", justify="right")
+        table.add_column("after", justify="right")
+        table.add_column("change", justify="right")
+        for cat, b in held["before"]["by_category"].items():
+            a = held["after"]["by_category"].get(cat, float("nan"))
+            table.add_row(cat, f"{100 * b:.1f}%", f"{100 * a:.1f}%", f"{100 * (a - b):+.1f}")
+        b, a = held["before"]["pass_rate"], held["after"]["pass_rate"]
+        table.add_row("[bold]all[/bold]", f"[bold]{100 * b:.1f}%", f"[bold]{100 * a:.1f}%",
+                      f"[bold]{100 * (a - b):+.1f}")
+        console.print(table)
     if report["rounds"]:
         rt = Table(title="Online DPO rounds")
         for col in ("round", "sample pass rate", "prompts with pair", "pairs", "dpo loss", "seconds"):

@@ -94,19 +94,62 @@ def test_derived_files_are_up_to_date(project_bundle):
 
 
 def test_split_keeps_heldout_queries_out_of_training(project_bundle):
-    train = _read_jsonl(BUNDLE_DIR / "train_prompts.jsonl")
+    train = _read_jsonl(BUNDLE_DIR / "train_prompts.jsonl") + _read_jsonl(BUNDLE_DIR / "train_prompts_multi.jsonl")
     heldout = _read_jsonl(BUNDLE_DIR / "heldout_prompts.jsonl")
+    ood = _read_jsonl(BUNDLE_DIR / "heldout_ood_prompts.jsonl")
     train_q, heldout_q = B.split_queries(project_bundle.queries)
     assert len(heldout_q) == round(0.2 * len(project_bundle.queries))
     assert {r["query_id"] for r in train} <= {q.id for q in train_q}
-    assert {r["query_id"] for r in heldout} <= {q.id for q in heldout_q}
+    assert {r["query_id"] for r in heldout + ood} <= {q.id for q in heldout_q}
     heldout_texts = {q.query for q in heldout_q}
     assert not any(text in r["prompt"][0]["content"] for r in train for text in heldout_texts)
-    assert 100 <= len(heldout) <= 150
-    ids = {i.id for i in project_bundle.instructions}
-    assert {r["instruction_id"] for r in heldout} == ids
-    assert {r["instruction_id"] for r in train} == ids
-    assert len({r["id"] for r in train + heldout}) == len(train) + len(heldout)
+    assert len(heldout) == 2 * 44 and len(ood) == 4 * 11
+    trained, never = B.split_instructions(project_bundle.instructions)
+    assert {r["instruction_id"] for r in heldout} == {i.id for i in trained}
+    assert {r["instruction_id"] for r in ood} == {i.id for i in never}
+    single = _read_jsonl(BUNDLE_DIR / "train_prompts.jsonl")
+    assert {r["instruction_id"] for r in single} == {i.id for i in trained}
+    assert len({r["id"] for r in single + heldout + ood}) == len(single) + len(heldout) + len(ood)
+
+
+def test_instruction_types_held_out_never_appear_in_any_training_row(project_bundle):
+    trained, never = B.split_instructions(project_bundle.instructions)
+    assert len(never) == 11 and len(trained) + len(never) == len(project_bundle.instructions)
+    categories = {i.category for i in project_bundle.instructions}
+    assert {i.category for i in never} == {i.category for i in trained} == categories  # every category in both
+    never_ids = {i.id for i in never}
+    never_texts = {i.instruction for i in never}
+    never_verifiers = {v.id for i in never for v in i.verifiers}
+    for name in ("train_prompts.jsonl", "train_prompts_multi.jsonl"):
+        for row in _read_jsonl(BUNDLE_DIR / name):
+            assert not set(row.get("instruction_ids", [row["instruction_id"]])) & never_ids
+            assert not set(row["verifiers"]) & never_verifiers
+            assert not any(text in row["prompt"][0]["content"] for text in never_texts)
+    # the choice depends on ids only: file order does not move it
+    _, never_reversed = B.split_instructions(list(reversed(project_bundle.instructions)))
+    assert {i.id for i in never_reversed} == never_ids
+
+
+def test_multi_instruction_rows_combine_compatible_instructions_and_all_their_verifiers(project_bundle):
+    insts = {i.id: i for i in project_bundle.instructions}
+    queries = {q.id: q for q in project_bundle.queries}
+    rows = _read_jsonl(BUNDLE_DIR / "train_prompts_multi.jsonl")
+    single = _read_jsonl(BUNDLE_DIR / "train_prompts.jsonl")
+    assert rows[0::2] == single[: len(rows) // 2]  # single and multi rows alternate
+    multi = rows[1::2]
+    assert [len(r["instruction_ids"]) for r in multi[:6]] == [2, 2, 3, 2, 2, 3]
+    for row in multi:
+        parts = [insts[i] for i in row["instruction_ids"]]
+        assert all(B.combinable(a, b) for n, a in enumerate(parts) for b in parts[n + 1:])
+        assert len({p.category for p in parts}) == len(parts) and row["category"] == "multi"
+        assert row["verifiers"] == [v.id for p in parts for v in p.verifiers]
+        text = B.join_prompt(queries[row["query_id"]].query, " ".join(p.instruction for p in parts))
+        assert row["prompt"] == [{"role": "user", "content": text}]
+    assert len({r["instruction_id"] for r in multi}) > len(multi) // 2  # many different combinations
+    a, b = insts["lowercase_only"], insts["no_commas"]
+    assert not B.combinable(a, b)  # SOLO
+    assert not B.combinable(insts["start_with_certainly"], insts["markdown_heading"])  # both want the first words
+    assert B.combinable(insts["no_commas"], insts["include_sunshine"])
 
 
 def test_rows_join_query_and_instruction_and_reference_known_functions(project_bundle):
@@ -114,7 +157,8 @@ def test_rows_join_query_and_instruction_and_reference_known_functions(project_b
     assert len(functions) == sum(len(i.verifiers) for i in project_bundle.instructions)
     insts = {i.id: i for i in project_bundle.instructions}
     queries = {q.id: q for q in project_bundle.queries}
-    for row in _read_jsonl(BUNDLE_DIR / "heldout_prompts.jsonl") + _read_jsonl(BUNDLE_DIR / "train_prompts.jsonl"):
+    for row in (_read_jsonl(BUNDLE_DIR / "heldout_prompts.jsonl") + _read_jsonl(BUNDLE_DIR / "train_prompts.jsonl")
+                + _read_jsonl(BUNDLE_DIR / "heldout_ood_prompts.jsonl")):
         inst, query = insts[row["instruction_id"]], queries[row["query_id"]]
         assert row["prompt"] == [{"role": "user", "content": B.join_prompt(query.query, inst.instruction)}]
         assert row["verifiers"] == [v.id for v in inst.verifiers]
@@ -124,8 +168,8 @@ def test_rows_join_query_and_instruction_and_reference_known_functions(project_b
 
 def test_training_rows_interleave_instructions(project_bundle):
     train = _read_jsonl(BUNDLE_DIR / "train_prompts.jsonl")
-    n = len(project_bundle.instructions)
-    assert [r["instruction_id"] for r in train[:n]] == [i.id for i in project_bundle.instructions]
+    trained, _ = B.split_instructions(project_bundle.instructions)
+    assert [r["instruction_id"] for r in train[:len(trained)]] == [i.id for i in trained]
 
 
 def test_split_depends_on_ids_only_and_is_stable_when_queries_are_added(project_bundle):

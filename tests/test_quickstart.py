@@ -38,6 +38,52 @@ def test_report_arranges_measured_numbers_and_per_category_means():
     assert by_group(after[1], "instruction_id") == {"case_0": 1.0, "case_1": 0.5, "length_0": 1.0, "length_1": 0.0}
 
 
+def test_one_evaluation_splits_into_in_and_out_of_distribution_sections():
+    from autoif_train.quickstart_report import subset
+
+    def scored(rates):
+        return ({"pass_rate": sum(rates) / len(rates)},
+                [{"id": f"r{i}", "pass_rate": r, "results": [r == 1.0], "category": "case" if i < 2 else "format",
+                  "instruction_id": f"i{i}"} for i, r in enumerate(rates)])
+
+    before, after = scored([0.0, 1.0, 0.0, 0.0]), scored([1.0, 1.0, 1.0, 0.0])
+    ids_in, ids_ood = ["r0", "r1"], ["r2", "r3"]
+    report = build_report(subset(before, ids_in), subset(after, ids_in), [], {}, {},
+                          ood=(subset(before, ids_ood), subset(after, ids_ood)))
+    check_report(report)
+    assert report["held_out"]["before"]["pass_rate"] == 0.5 and report["held_out"]["after"]["pass_rate"] == 1.0
+    assert report["held_out_ood"]["before"]["pass_rate"] == 0.0 and report["held_out_ood"]["after"]["pass_rate"] == 0.5
+    assert report["held_out_ood"]["after"]["num_prompts"] == 2 and report["held_out_ood"]["after"]["all_pass"] == 0.5
+    assert report["held_out_ood"]["by_instruction"] == {"i2": {"before": 0.0, "after": 1.0},
+                                                        "i3": {"before": 0.0, "after": 0.0}}
+    with pytest.raises(ValueError, match="1 of the 2 prompts are missing"):
+        subset(before, ["r0", "zz"])
+    report["held_out_ood"]["after"]["pass_rate"] = None
+    with pytest.raises(ValueError, match="held_out_ood.after.pass_rate"):
+        check_report(report)
+
+
+def test_heldout_cache_is_redone_when_the_model_folder_was_trained_further(fresh_tiny_model_dir, tmp_path):
+    """The same folder with other weights (a resumed run trained more rounds into it) is evaluated again."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from autoif_train.evaluation.verifier_pass_rate import load_verifier_prompts
+    from autoif_train.sandbox import VerifierPool
+
+    rows = load_verifier_prompts(str(DATA / "heldout_prompts.jsonl"), None, None)
+    cache = tmp_path / "after.json"
+    with VerifierPool(workers=1, timeout=2.0) as pool:
+        first = quickstart.evaluate_heldout(str(fresh_tiny_model_dir), rows, pool, 8, 4, cache, "after")
+        weights = load_file(fresh_tiny_model_dir / "model.safetensors")
+        save_file({k: torch.randn_like(v) for k, v in weights.items()}, fresh_tiny_model_dir / "model.safetensors",
+                  metadata={"format": "pt"})
+        second = quickstart.evaluate_heldout(str(fresh_tiny_model_dir), rows, pool, 8, 4, cache, "after")
+        third = quickstart.evaluate_heldout(str(fresh_tiny_model_dir), rows, pool, 8, 4, cache, "after")
+    assert [r["response"] for r in second[1]] != [r["response"] for r in first[1]]  # generated again
+    assert third == second  # unchanged weights: reused
+
+
 @pytest.mark.parametrize("broken, message", [
     ({"held_out": {"before": {"pass_rate": 1.5}, "after": {"pass_rate": 0.1}}, "rounds": []}, "before.pass_rate"),
     ({"held_out": {"before": {"pass_rate": 0.5}, "after": {}}, "rounds": []}, "after.pass_rate"),
@@ -82,27 +128,32 @@ def test_smoke_run_writes_a_well_formed_report_and_resumes(tiny_model_dir, tmp_p
 
     out = tmp_path / "qs"
     args = ["--out", str(out), "--model", str(tiny_model_dir), "--heldout", str(DATA / "online_prompts.jsonl"),
+            "--heldout-ood", str(DATA / "heldout_prompts.jsonl"),
             "--max-heldout", "4", "--eval-max-new-tokens", "8", "--eval-batch-size", "2", *TINY]
     assert quickstart.cli(args) == 0
 
     report = json.loads((out / "report.json").read_text())
     check_report(report)
-    assert report["settings"]["heldout_prompts"] == 4
+    assert report["settings"]["heldout_prompts"] == 4 and report["settings"]["heldout_ood_prompts"] == 3
+    assert report["held_out_ood"]["after"]["num_prompts"] == 3
     assert [r["round"] for r in report["rounds"]] == [0, 1]
     assert all(r["prompts"] == 3 for r in report["rounds"])
     assert (out / "pass_rate.png").read_bytes()[:8] == PNG_MAGIC
     before = json.loads((out / "heldout_before.json").read_text())
     after = json.loads((out / "heldout_after.json").read_text())
-    assert len(before["records"]) == len(after["records"]) == 4
+    assert len(before["records"]) == len(after["records"]) == 4 + 3  # one pass over both held-out sets
     assert before["meta"]["model"] == str(tiny_model_dir) and after["meta"]["model"] == str(out / "online_dpo")
     # the reported fraction is the mean of the recorded per-prompt pass rates
     assert report["held_out"]["after"]["pass_rate"] == pytest.approx(
-        sum(r["pass_rate"] for r in after["records"]) / 4)
+        sum(r["pass_rate"] for r in after["records"][:4]) / 4)
+    assert report["held_out_ood"]["after"]["pass_rate"] == pytest.approx(
+        sum(r["pass_rate"] for r in after["records"][4:]) / 3)
 
     # the run report (`autoif report`): one table row per round, plots drawn from rounds.jsonl
     md = (out / "report.md").read_text()
     rounds_log = [json.loads(x) for x in (out / "online_dpo" / "rounds.jsonl").read_text().splitlines()]
     assert "## Held-out verifier pass rate" in md and "| before |" in md and "## Rounds" in md
+    assert "in distribution (n=4)" in md and "out of distribution (n=3)" in md
     table = md.split("## Rounds")[1].split("## Plots")[0]
     assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")] == ["round", "0", "1"]
     assert f"{rounds_log[1]['mean_pass_rate']:.3f}" in md
@@ -186,6 +237,23 @@ def test_benchmarks_before_and_after_with_the_same_settings(tiny_model_dir, tmp_
     stamp = (out / "benchmarks" / "results.json").stat().st_mtime_ns
     assert quickstart.cli(args) == 0  # rerun: nothing re-evaluated
     assert (out / "benchmarks" / "results.json").stat().st_mtime_ns == stamp
+    # the trained folder holds other weights (as after more rounds): its evaluations are redone, "before" is reused
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = out / "online_dpo" / "model.safetensors"
+    save_file({k: v + 0.01 * torch.randn_like(v) for k, v in load_file(weights).items()}, weights,
+              metadata={"format": "pt"})
+    old_before = results[str(tiny_model_dir)]
+    assert quickstart.cli(args) == 0
+    redone = json.loads((out / "benchmarks" / "results.json").read_text())
+    assert redone[str(tiny_model_dir)] == old_before
+    for name in ("ifeval", "ifbench"):
+        assert (redone[str(out / "online_dpo")][name]["settings"]["model_sha256"]
+                != results[str(out / "online_dpo")][name]["settings"]["model_sha256"])
+    held_after = json.loads((out / "heldout_after.json").read_text())["meta"]
+    assert held_after["model_sha256"] == redone[str(out / "online_dpo")]["ifeval"]["settings"]["model_sha256"]
+    stamp = (out / "benchmarks" / "results.json").stat().st_mtime_ns
     # other IFEval data under the same folder is not taken for the saved results: it is refused, nothing mixed
     ifeval.write_text(ifeval.read_text().replace("cats", "dogs"))
     assert quickstart.cli(args) == 2

@@ -52,6 +52,9 @@ def test_wheel_ships_bundle_and_recipes(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("autoif_train/resources/verifiers/heldout_prompts.jsonl",
+                   "autoif_train/resources/verifiers/heldout_ood_prompts.jsonl",
+                   "autoif_train/resources/verifiers/train_prompts_multi.jsonl",
+                   "autoif_train/resources/recipes/quickstart/sft.yaml",
                    "autoif_train/resources/verifiers/functions.jsonl",
                    "autoif_train/resources/recipes/quickstart/online_dpo.yaml",
                    "autoif_train/resources/accelerate_configs/cpu_zero3.yaml",
@@ -94,15 +97,16 @@ def test_installed_wheel_prepares_the_model_and_runs_the_quickstart(installed, t
     out = tmp_path / "quickstart"
     tiny = ["--max-heldout", "2", "--eval-max-new-tokens", "8", "--num_rounds", "1", "--prompts_per_round", "16",
             "--num_samples", "4", "--max_new_tokens", "32", "--generation_batch_size", "8",
-            "--truncated_samples", "keep", "--max_length", "160", "--verifier_workers", "1"]  # seed 0: 10 pairs
+            "--truncated_samples", "keep", "--max_length", "160", "--verifier_workers", "1"]
     done = _run(target, autoif, "quickstart", "--out", str(out), *tiny, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     settings = report["settings"]
     assert settings["model_path"] == str(model)  # the model prepared above, found again through the cache
-    for shipped in ("recipe", "heldout"):  # the wheel's bundled recipe and held-out prompts, not the checkout's
+    for shipped in ("recipe", "heldout", "heldout_ood"):  # the wheel's bundled files, not the checkout's
         assert Path(settings[shipped]).is_relative_to(target / "autoif_train" / "resources"), settings[shipped]
-    assert settings["heldout_prompts"] == 2 and [r["round"] for r in report["rounds"]] == [0]
+    assert settings["heldout_prompts"] == settings["heldout_ood_prompts"] == 2
+    assert [r["round"] for r in report["rounds"]] == [0]
     assert report["rounds"][0]["prompts"] == 16 and report["rounds"][0]["train_steps"] > 0
     assert all(0.0 <= report["held_out"][phase]["pass_rate"] <= 1.0 for phase in ("before", "after"))
     assert (out / "pass_rate.png").is_file()

@@ -47,12 +47,16 @@ def score_verifier_responses(
             "id": row.id, "messages": row.messages, "response": response, "results": own,
             "pass_rate": rate, **{k: v for k, v in row.extra.items() if k in KEPT_FIELDS},
         })
-    metrics = {
+    return verifier_metrics(records), records
+
+
+def verifier_metrics(records: list[dict]) -> dict:
+    """Pass rate (mean per prompt), all-pass share, counts and errors of scored records (any subset of them)."""
+    return {
         "pass_rate": sum(r["pass_rate"] for r in records) / len(records),
         "all_pass": sum(all(x is True for x in r["results"]) for r in records) / len(records),
         "num_prompts": len(records),
         "num_calls": sum(len(r["results"]) for r in records),
-        "unscored": sum(scores.unscored),
+        "unscored": sum(all(x is None for x in r["results"]) for r in records),
         "verifier_errors": sum(x is None for r in records for x in r["results"]),
     }
-    return metrics, records

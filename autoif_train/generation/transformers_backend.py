@@ -106,13 +106,17 @@ class TransformersGenerator(Generator):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         require_chat_template(self.tokenizer, model)
 
-    def generate(self, prompts: list[Prompt], config: GenerationConfig | None = None) -> list[list[str]]:
+    def complete(self, prompts: list[Prompt], config: GenerationConfig | None = None) -> list[list[Completion]]:
+        """`config.n` `Completion` records per prompt (text, token ids, finish reason), stop strings not applied."""
         config = config or GenerationConfig()
         encoded = encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
         stop_ids = end_of_turn_ids(self.tokenizer, self.model.generation_config, config.stop_token_ids)
-        out = sample_completions(self.model, self.tokenizer, encoded, config, stop_ids, self.batch_size,
-                                 self.device, self.progress)
-        return [[apply_stop(c.text, config.stop) for c in row] for row in out]
+        return sample_completions(self.model, self.tokenizer, encoded, config, stop_ids, self.batch_size,
+                                  self.device, self.progress)
+
+    def generate(self, prompts: list[Prompt], config: GenerationConfig | None = None) -> list[list[str]]:
+        config = config or GenerationConfig()
+        return [[apply_stop(c.text, config.stop) for c in row] for row in self.complete(prompts, config)]
 
     def close(self) -> None:
         self.model = None

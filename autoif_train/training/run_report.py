@@ -132,12 +132,18 @@ def markdown(hist: History, plots: list[Path], quickstart: dict | None = None) -
     lines = [f"# Run report: {hist.source.parent}", "", f"Source: `{hist.source}` ({len(hist.records)} "
              f"{'rounds' if hist.kind == 'rounds' else 'logged steps'})", ""]
     if quickstart:
-        held = quickstart["held_out"]
-        n = quickstart.get("settings", {}).get("heldout_prompts", "?")
-        lines += ["## Held-out verifier pass rate (greedy)", "", "| | pass rate | n |", "|---|---|---|",
-                  f"| before | {100 * held['before']['pass_rate']:.1f}% | {n} |",
-                  f"| after | {100 * held['after']['pass_rate']:.1f}% | {n} |",
-                  f"| change | {100 * held['delta_pass_rate']:+.1f} points | |", ""]
+        sets = [(k, label) for k, label in (("held_out", "in distribution"), ("held_out_ood", "out of distribution"))
+                if k in quickstart]
+        n_in = quickstart.get("settings", {}).get("heldout_prompts", "?")
+        ns = [quickstart[k]["after"].get("num_prompts", n_in) for k, _ in sets]
+        lines += ["## Held-out verifier pass rate (greedy)", "",
+                  "| | " + " | ".join(f"{label} (n={n})" for (_, label), n in zip(sets, ns)) + " |",
+                  "|---|" + "---|" * len(sets)]
+        for phase in ("before", "after"):
+            lines.append(f"| {phase} | " + " | ".join(f"{100 * quickstart[k][phase]['pass_rate']:.1f}%"
+                                                      for k, _ in sets) + " |")
+        lines += ["| change | " + " | ".join(f"{100 * quickstart[k]['delta_pass_rate']:+.1f} points"
+                                             for k, _ in sets) + " |", ""]
     panels = ROUND_PANELS if hist.kind == "rounds" else STEP_PANELS
     keys = [(k, label) for _, group, _ in panels for k, label in group
             if any(k in rec for rec in hist.records)]
