@@ -132,8 +132,9 @@ def markdown(hist: History, plots: list[Path], quickstart: dict | None = None) -
     lines = [f"# Run report: {hist.source.parent}", "", f"Source: `{hist.source}` ({len(hist.records)} "
              f"{'rounds' if hist.kind == 'rounds' else 'logged steps'})", ""]
     if quickstart:
-        sets = [(k, label) for k, label in (("held_out", "in distribution"), ("held_out_ood", "out of distribution"))
-                if k in quickstart]
+        from autoif_train.quickstart_report import HELD_OUT_SETS
+
+        sets = [(k, label) for k, label in HELD_OUT_SETS if k in quickstart]
         n_in = quickstart.get("settings", {}).get("heldout_prompts", "?")
         ns = [quickstart[k]["after"].get("num_prompts", n_in) for k, _ in sets]
         lines += ["## Held-out verifier pass rate (greedy)", "",
