@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 
 from autoif_train.configs import parse_train_args
-from autoif_train.core.errors import run_command
+from autoif_train.core.errors import RecipeError, run_command
 from autoif_train.resources import resolve_shipped
 
 logger = logging.getLogger(__name__)
@@ -69,28 +69,57 @@ def _dataset(rows: list[dict], columns: tuple[str, ...], limit: int | None):
     return Dataset.from_list([{c: row[c] for c in columns} for row in rows])
 
 
+def _check_sft_loss_mask(training_args, columns: tuple[str, ...], tokenizer, model: str) -> None:
+    """Loss on the assistant's tokens only, whatever the chat template: `prompt`/`completion` rows get TRL's
+    completion-only loss (`assistant_only_loss` is then not needed and is turned off); `messages` rows need a
+    template with `{% generation %}` markers or one TRL can patch, else a RecipeError says what to change."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    if not training_args.assistant_only_loss:
+        return
+    if columns == ("prompt", "completion"):
+        logger.info("SFT: prompt/completion rows, loss on the completion only (TRL completion_only_loss)")
+        training_args.assistant_only_loss = False
+        if training_args.completion_only_loss is False:
+            raise RecipeError(None, None, "completion_only_loss", "is false while assistant_only_loss is true; for "
+                              "prompt/completion rows the completion is the assistant turn, so set one of them")
+        return
+    try:
+        get_training_chat_template(tokenizer)
+    except (ValueError, TypeError):
+        raise RecipeError(None, None, "assistant_only_loss", f"{model}'s chat template has no {{% generation %}} "
+                          "markers and TRL cannot patch it, so assistant tokens cannot be masked: write the rows as "
+                          "`prompt` + `completion` (loss on the completion), or set assistant_only_loss: false "
+                          "(loss on every token)") from None
+
+
 def train_offline(script_args, training_args, model_args) -> TrainResult:
     """SFT (`stage: sft`) or offline DPO (`stage: dpo`) with TRL's trainers."""
     from trl import DPOTrainer, SFTTrainer, get_peft_config
 
-    from autoif_train.data.rows import load_dpo_rows, load_sft_rows
+    from autoif_train.data.rows import load_dpo_rows, load_sft_rows, sft_columns
 
     # ----- Load datasets (validated before any model is loaded)
-    if script_args.stage == "sft":
-        load, columns, trainer_cls = load_sft_rows, ("messages",), SFTTrainer
-    else:
-        load, columns, trainer_cls = load_dpo_rows, ("prompt", "chosen", "rejected"), DPOTrainer
-    train_ds = _dataset(load(script_args.dataset_path, script_args.dataset_split), columns,
-                        script_args.max_train_samples)
+    load = load_sft_rows if script_args.stage == "sft" else load_dpo_rows
+    rows = load(script_args.dataset_path, script_args.dataset_split)
+    columns = sft_columns(rows) if script_args.stage == "sft" else ("prompt", "chosen", "rejected")
+    train_ds = _dataset(rows, columns, script_args.max_train_samples)
     eval_ds = None
     if script_args.eval_dataset_path:
-        eval_ds = _dataset(load(script_args.eval_dataset_path, script_args.dataset_split), columns, None)
+        eval_rows = load(script_args.eval_dataset_path, script_args.dataset_split)
+        if script_args.stage == "sft" and sft_columns(eval_rows) != columns:
+            raise RecipeError(None, None, "eval_dataset_path", f"{script_args.eval_dataset_path} has "
+                              f"{'/'.join(sft_columns(eval_rows))} rows, the training data {'/'.join(columns)} rows")
+        eval_ds = _dataset(eval_rows, columns, None)
+    tokenizer = _tokenizer(model_args)
+    if script_args.stage == "sft":
+        _check_sft_loss_mask(training_args, columns, tokenizer, model_args.model_name_or_path)
 
     # ----- Train
     training_args.model_init_kwargs = model_init_kwargs(model_args)
-    trainer = trainer_cls(
+    trainer = (SFTTrainer if script_args.stage == "sft" else DPOTrainer)(
         model=model_args.model_name_or_path, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=_tokenizer(model_args), peft_config=get_peft_config(model_args),
+        processing_class=tokenizer, peft_config=get_peft_config(model_args),
     )
     output = trainer.train(resume_from_checkpoint=_checkpoint_to_resume(training_args))
 
@@ -128,7 +157,6 @@ def preflight_plan(script_args, training_args, model_args) -> None:
 
 def main(script_args, training_args, model_args) -> TrainResult:
     """Run the recipe's stage and return what it produced."""
-    from autoif_train.configs import RecipeError
     from autoif_train.models import resolve_model
 
     if not script_args.dataset_path:

@@ -28,6 +28,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# SmolLM2-Instruct's kind of template: ChatML without `{% generation %}` markers, which TRL cannot patch
+PLAIN_CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 _CORPUS = [
     "Write a short poem about the sea. Answer in lowercase letters only.",
     "The quick brown fox jumps over the lazy dog, again and again.",
@@ -142,3 +150,15 @@ def build_eot_model(save_dir: Path, hidden_size: int = 32, boost: float = 0.7, s
 def eot_model_dir(tmp_path_factory) -> Path:
     """A tiny model whose eos differs from the chat end-of-turn, and which often ends its turn (see build_eot_model)."""
     return build_eot_model(tmp_path_factory.mktemp("eot-llama"))
+
+
+@pytest.fixture(scope="session")
+def plain_template_model_dir(tmp_path_factory) -> Path:
+    """`eot_model_dir`'s model with SmolLM2's kind of chat template: no `{% generation %}` markers."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = build_eot_model(tmp_path_factory.mktemp("plain-template-llama"))
+    tok = PreTrainedTokenizerFast.from_pretrained(path)
+    tok.chat_template = PLAIN_CHATML_TEMPLATE
+    tok.save_pretrained(path)
+    return path

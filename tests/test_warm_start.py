@@ -31,22 +31,27 @@ def test_sft_rows_are_complete_samples_that_pass_every_verifier(eot_model_dir):
         assert stats["samples"] == 4 * len(rows) and 0 < stats["sft_rows"] <= len(rows)
         assert stats["samples_truncated"] > 0  # some samples were cut at 12 tokens: they never become SFT rows
         by_id = {r.id: r for r in rows}
-        answers = [r["messages"][-1]["content"] for r in sft]
+        answers = [r["completion"][-1]["content"] for r in sft]
         # re-score every kept answer independently: each passes all of its row's verifiers
         from autoif_train.rewards import VerifierCodeReward
 
         rates = VerifierCodeReward(pool).score([by_id[r["id"]] for r in sft], answers).rates(0.0)
     assert rates == [1.0] * len(sft)
-    for row in sft:
-        assert row["messages"][:-1] == by_id[row["id"]].messages and row["messages"][-1]["role"] == "assistant"
+    for row in sft:  # TRL's prompt/completion form: completion-only loss, whatever the chat template
+        assert row["prompt"] == by_id[row["id"]].messages and [m["role"] for m in row["completion"]] == ["assistant"]
     assert len({r["id"] for r in sft}) == len(sft)  # at most one row per prompt
 
 
 @pytest.mark.slow
-def test_warm_start_trains_sft_and_is_reused(eot_model_dir, tmp_path):
+@pytest.mark.parametrize("template", ["generation markers", "plain ChatML (SmolLM2)"])
+def test_warm_start_trains_sft_and_is_reused(template, eot_model_dir, plain_template_model_dir, tmp_path):
+    """With SmolLM2's kind of template (no `{% generation %}` markers) the warm start failed in TRL before its rows
+    became prompt/completion."""
     import torch
     from safetensors.torch import load_file
 
+    if template != "generation markers":
+        eot_model_dir = plain_template_model_dir
     data = tmp_path / "prompts.jsonl"  # 16 rows: the rounds take the first 2 x 3, the warm start the last 8
     lines = (DATA / "online_prompts.jsonl").read_text().splitlines()
     rows = [json.loads(x) for x in lines] * 2
@@ -71,3 +76,53 @@ def test_warm_start_trains_sft_and_is_reused(eot_model_dir, tmp_path):
         again, stats_again = warm_start(str(eot_model_dir), script_args, training_args, pool, out, num_prompts=8)
     assert again == path and stats_again == stats
     assert (Path(path) / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
+
+
+def _sft_recipe(tmp_path, model_dir, rows) -> Path:
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(f"stage: sft\nmodel_name_or_path: {model_dir}\ndataset_path: {tmp_path / 'd.jsonl'}\n"
+                      f"output_dir: {tmp_path / 'out'}\nmax_steps: 1\nreport_to: none\n")
+    return recipe
+
+
+def test_messages_rows_on_a_template_without_markers_are_one_line_error(plain_template_model_dir, tmp_path):
+    """assistant_only_loss with `messages` rows cannot mask a template TRL cannot patch: exit 2 naming the field
+    and the fix, before any weights load (TRL's ValueError traceback before)."""
+    import os
+    import subprocess
+    import sys
+
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    recipe = _sft_recipe(tmp_path, plain_template_model_dir, [row])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "autoif_train.cli", "train", str(recipe)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [x for x in done.stderr.splitlines() if x.startswith("autoif train: error:")]
+    assert len(errors) == 1 and "field 'assistant_only_loss'" in errors[0] and "`prompt` + `completion`" in errors[0]
+
+
+def test_sft_rows_take_one_of_trls_two_forms(tmp_path):
+    from autoif_train.core.errors import InputError
+    from autoif_train.data.rows import load_sft_rows, sft_columns
+
+    user, bot = {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}
+    path = tmp_path / "d.jsonl"
+
+    def load(*rows):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return load_sft_rows(str(path))
+
+    assert sft_columns(load({"prompt": [user], "completion": [bot]})) == ("prompt", "completion")
+    assert sft_columns(load({"messages": [user, bot]})) == ("messages",)
+    for rows, where in [
+        (({"messages": [user, bot]}, {"prompt": [user], "completion": [bot]}), "d.jsonl:2: field 'completion': is "
+                                                                              "prompt/completion, but earlier"),
+        (({"completion": [bot]},), "d.jsonl:1: field 'prompt': missing"),
+        (({"prompt": [user, bot], "completion": [bot]},), "d.jsonl:1: field 'prompt': must end before"),
+        (({"prompt": [user], "completion": [user]},), "d.jsonl:1: field 'completion': has no assistant turn"),
+        (({"prompt": [user], "completion": [bot, user]},), "d.jsonl:1: field 'completion': must hold assistant"),
+    ]:
+        with pytest.raises(InputError, match=where.replace("(", r"\(")):
+            load(*rows)

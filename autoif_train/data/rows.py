@@ -40,13 +40,36 @@ def _check_messages(messages: Any, row: Row, field_name: str, final_assistant: b
 
 
 def load_sft_rows(path: str, split: str = "train") -> list[dict]:
-    """Conversational SFT rows: each needs `messages` with at least one assistant turn (loss goes there only)."""
+    """Conversational SFT rows in one of TRL's two forms, the same for every row of a file:
+    `messages` with at least one assistant turn (loss on assistant turns: `assistant_only_loss`), or `prompt`
+    (messages ending before the assistant turn) and `completion` (the assistant messages; loss there only, TRL's
+    `completion_only_loss`, which works with any chat template)."""
     rows = read_rows(path, split)
+    first_form = None
     for row in rows:
-        if "messages" not in row:
-            raise row.where.error("messages", "missing (SFT rows are conversations)")
-        _check_messages(row["messages"], row, "messages", final_assistant=True)
+        form = "messages" if "messages" in row else "prompt/completion" if "completion" in row else None
+        if form is None:
+            raise row.where.error("messages", "missing (SFT rows are conversations: `messages`, or `prompt` and "
+                                              "`completion`)")
+        if first_form is not None and form != first_form:
+            raise row.where.error(form.split("/")[-1], f"is {form}, but earlier rows are {first_form}; use one form "
+                                                      "per file")
+        first_form = form
+        if form == "messages":
+            _check_messages(row["messages"], row, "messages", final_assistant=True)
+            continue
+        if "prompt" not in row:
+            raise row.where.error("prompt", "missing (a `completion` SFT row needs its `prompt`)")
+        _check_messages(row["prompt"], row, "prompt", final_assistant=False)
+        _check_messages(row["completion"], row, "completion", final_assistant=True)
+        if any(m["role"] != "assistant" for m in row["completion"]):
+            raise row.where.error("completion", "must hold assistant messages only")
     return rows
+
+
+def sft_columns(rows: list[dict]) -> tuple[str, ...]:
+    """The dataset columns of `load_sft_rows`' rows: `("messages",)` or `("prompt", "completion")`."""
+    return ("messages",) if not rows or "messages" in rows[0] else ("prompt", "completion")
 
 
 def load_dpo_rows(path: str, split: str = "train") -> list[dict]:

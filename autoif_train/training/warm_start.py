@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 def verified_sft_rows(model_path: str, rows, pool, num_samples: int, max_new_tokens: int, temperature: float,
                       top_k: int, batch_size: int, seed: int) -> tuple[list[dict], dict]:
-    """(SFT rows `{"messages": [user, assistant], "id"}`, stats) from `num_samples` samples per prompt row."""
+    """(SFT rows `{"id", "prompt": messages, "completion": [assistant]}`, stats) from `num_samples` samples per
+    prompt row. Prompt/completion rows give TRL's completion-only loss, which needs no generation markers in the
+    chat template (SmolLM2's has none)."""
     from autoif_train.generation import GenerationConfig
     from autoif_train.generation.transformers_backend import TransformersGenerator
     from autoif_train.rewards import VerifierCodeReward
@@ -48,7 +50,8 @@ def verified_sft_rows(model_path: str, rows, pool, num_samples: int, max_new_tok
         good = [c for c, rate in samples if rate == 1.0 and not c.truncated]
         passed += sum(rate == 1.0 for _, rate in samples)
         if good:
-            sft.append({"id": row.id, "messages": [*row.messages, {"role": "assistant", "content": good[0].text}]})
+            sft.append({"id": row.id, "prompt": row.messages,
+                        "completion": [{"role": "assistant", "content": good[0].text}]})
     stats = {"prompts": len(rows), "samples": len(flat), "samples_passing": passed, "samples_truncated": truncated,
              "sft_rows": len(sft)}
     return sft, stats
