@@ -100,24 +100,25 @@ def train_offline(script_args, training_args, model_args) -> TrainResult:
     from autoif_train.data.rows import load_dpo_rows, load_sft_rows, sft_columns
 
     # ----- Load datasets (validated before any model is loaded)
-    load = load_sft_rows if script_args.stage == "sft" else load_dpo_rows
+    sft = script_args.stage == "sft"
+    load, trainer_cls = (load_sft_rows, SFTTrainer) if sft else (load_dpo_rows, DPOTrainer)
     rows = load(script_args.dataset_path, script_args.dataset_split)
-    columns = sft_columns(rows) if script_args.stage == "sft" else ("prompt", "chosen", "rejected")
+    columns = sft_columns(rows) if sft else ("prompt", "chosen", "rejected")
     train_ds = _dataset(rows, columns, script_args.max_train_samples)
     eval_ds = None
     if script_args.eval_dataset_path:
         eval_rows = load(script_args.eval_dataset_path, script_args.dataset_split)
-        if script_args.stage == "sft" and sft_columns(eval_rows) != columns:
+        if sft and sft_columns(eval_rows) != columns:
             raise RecipeError(None, None, "eval_dataset_path", f"{script_args.eval_dataset_path} has "
                               f"{'/'.join(sft_columns(eval_rows))} rows, the training data {'/'.join(columns)} rows")
         eval_ds = _dataset(eval_rows, columns, None)
     tokenizer = _tokenizer(model_args)
-    if script_args.stage == "sft":
+    if sft:
         _check_sft_loss_mask(training_args, columns, tokenizer, model_args.model_name_or_path)
 
     # ----- Train
     training_args.model_init_kwargs = model_init_kwargs(model_args)
-    trainer = (SFTTrainer if script_args.stage == "sft" else DPOTrainer)(
+    trainer = trainer_cls(
         model=model_args.model_name_or_path, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tokenizer, peft_config=get_peft_config(model_args),
     )

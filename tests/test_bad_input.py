@@ -88,6 +88,15 @@ def test_train_bad_inputs(work):
     assert_one_line_error(autoif("train", "--config", cwd=work), "train", "--config needs one recipe file")
 
 
+def test_sft_messages_rows_on_a_template_without_markers(work, plain_template_model_dir):
+    """assistant_only_loss with `messages` rows cannot mask a template TRL cannot patch (SmolLM2's): one line
+    naming the field and the fix, before any weights load (TRL's ValueError traceback before)."""
+    write_lines(work / "d.jsonl", SFT_ROW)
+    recipe = _train_recipe(work, "plain.yaml", model_name_or_path=str(plain_template_model_dir), max_steps=1)
+    assert_one_line_error(autoif("train", recipe, cwd=work), "train", "field 'assistant_only_loss'",
+                          "`prompt` + `completion`")
+
+
 def test_train_help_is_short_and_grouped(work):
     done = autoif("train", "--help", cwd=work)
     assert done.returncode == 0

@@ -78,31 +78,6 @@ def test_warm_start_trains_sft_and_is_reused(template, eot_model_dir, plain_temp
     assert (Path(path) / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not retrained
 
 
-def _sft_recipe(tmp_path, model_dir, rows) -> Path:
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = tmp_path / "sft.yaml"
-    recipe.write_text(f"stage: sft\nmodel_name_or_path: {model_dir}\ndataset_path: {tmp_path / 'd.jsonl'}\n"
-                      f"output_dir: {tmp_path / 'out'}\nmax_steps: 1\nreport_to: none\n")
-    return recipe
-
-
-def test_messages_rows_on_a_template_without_markers_are_one_line_error(plain_template_model_dir, tmp_path):
-    """assistant_only_loss with `messages` rows cannot mask a template TRL cannot patch: exit 2 naming the field
-    and the fix, before any weights load (TRL's ValueError traceback before)."""
-    import os
-    import subprocess
-    import sys
-
-    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    recipe = _sft_recipe(tmp_path, plain_template_model_dir, [row])
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "autoif_train.cli", "train", str(recipe)], capture_output=True,
-                          text=True, env=env, timeout=300)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    errors = [x for x in done.stderr.splitlines() if x.startswith("autoif train: error:")]
-    assert len(errors) == 1 and "field 'assistant_only_loss'" in errors[0] and "`prompt` + `completion`" in errors[0]
-
-
 def test_sft_rows_take_one_of_trls_two_forms(tmp_path):
     from autoif_train.core.errors import InputError
     from autoif_train.data.rows import load_sft_rows, sft_columns
