@@ -181,7 +181,7 @@ def print_summary(report: dict, console=None) -> None:
         console.print(rt)
     if report.get("benchmarks"):
         bt = Table(title="Benchmarks before / after (greedy)")
-        for col in ("benchmark", "n", *BENCHMARK_METRICS, "4-metric mean"):
+        for col in ("benchmark", "n", *BENCHMARK_METRICS, "4-metric mean", "mean words"):
             bt.add_column(col, justify="right")
         for name, entry in report["benchmarks"].items():
             n = entry["after"].get("num_prompts", "?")
@@ -189,5 +189,7 @@ def print_summary(report: dict, console=None) -> None:
                      for k in BENCHMARK_METRICS]
             mean = (f"{100 * entry['mean4_before']:.1f} -> {100 * entry['mean4_after']:.1f} "
                     f"({100 * entry['delta_mean4']:+.1f})") if "delta_mean4" in entry else "-"
-            bt.add_row(name, str(n), *cells, mean)
+            words = [entry[p].get("mean_response_words") for p in ("before", "after")]
+            bt.add_row(name, str(n), *cells, mean,
+                       "-" if None in words else f"{words[0]:.0f} -> {words[1]:.0f}")
         console.print(bt)

@@ -121,6 +121,7 @@ def test_ifbench_scores_hand_made_rows(tmp_path):
     metrics, records = bench.score([good_kw.replace("nebula", "cloud", 1), "I have 3 cats, 4 dogs and 5 fish."])
     assert [r["strict"] for r in records] == [[False], [False]]
     assert metrics["prompt_strict"] == 0.0 and metrics["num_instructions"] == 2
+    assert metrics["mean_response_words"] == pytest.approx((len(good_kw.split()) + 9) / 2)
 
 
 def test_ifbench_packaged_prompts_when_installed():

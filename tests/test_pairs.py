@@ -29,6 +29,20 @@ def test_caps_limit_pairs_to_m_times_n():
     assert len(select_pairs(responses, rates, PairRule(max_chosen=3, max_rejected=1), seed=3)) == 3
 
 
+def test_length_ranking_keeps_the_longest_chosen_and_the_shortest_rejected():
+    # 4 passing and 4 failing answers of different lengths; random pairs would often prefer the shorter answer
+    responses = ["ok", "a longer passing answer", "mid answer", "the longest passing answer of all",
+                 "a long failing answer here", "no", "bad one", "the longest failing answer of them all"]
+    rates = [1.0, 1.0, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0]
+    pairs = select_pairs(responses, rates, PairRule(ranking="length"), seed=3)
+    assert pairs == [(1, 5), (1, 6), (3, 5), (3, 6)]
+    assert all(len(responses[c]) > len(responses[r]) for c, r in pairs)
+    assert pairs == select_pairs(responses, rates, PairRule(ranking="length"), seed=99)  # no seed involved
+    # with no choice left by the caps, length ranking changes nothing
+    assert select_pairs(responses[:2] + responses[4:6], [1.0, 1.0, 0.0, 0.0], PairRule(ranking="length")) == \
+        select_pairs(responses[:2] + responses[4:6], [1.0, 1.0, 0.0, 0.0], PairRule())
+
+
 @pytest.mark.parametrize("rates", [[1.0, 0.5, 0.75], [0.0, 0.0, 0.0], [0.25, 0.3, 0.0], [0.25, 0.6, 0.4]])
 def test_prompt_without_both_sides_is_skipped(rates):
     # each list lacks a chosen (>= 0.5) or a rejected (== 0) response

@@ -9,8 +9,11 @@ failed quality judge for a would-be chosen answer) joins no pair. A response cut
 "length") follows `truncated`: "exclude" (default; neither chosen nor rejected, like TRL's
 `mask_truncated_completions`), "penalize" (pass rate taken as 0, so it can only be rejected, like TRL's
 `missing_eos_penalty`) or "keep" (scored like any other). When more responses qualify than the caps allow,
-`ranking` picks them: "random" (default; a subset seeded by (seed, prompt id), as AutoIF samples) or "quality"
-(explicit option: the highest pass rate, then judge score, first; rejected in response order). A prompt without at
+`ranking` picks them: "random" (default; a subset seeded by (seed, prompt id), as AutoIF samples), "quality"
+(explicit option: the highest pass rate, then judge score, first; rejected in response order) or "length" (the
+longest chosen and the shortest rejected texts first: short answers pass "avoid X" checks more often, so random
+pairs mostly prefer the shorter answer and the policy's answers shrink round by round; this counters that only as
+far as the caps leave a choice, i.e. with more than 2 + 2 qualifying samples). A prompt without at
 least one chosen and one rejected response yields no pair and is reported as skipped. The rule does not judge
 whether a response still answers the query: that is the synthesis stage's quality filter.
 """
@@ -22,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 
 TRUNCATED_MODES = ("exclude", "penalize", "keep")
-RANKINGS = ("random", "quality")
+RANKINGS = ("random", "quality", "length")
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class PairRuleFields:
                                              "penalize (pass rate 0, rejected only) | keep."})
     pair_ranking: str = field(
         default="random", metadata={"help": "Pair rule, more qualify than the caps: random (seeded subset, AutoIF) | "
-                                            "quality (highest pass rate / judge score first)."})
+                                            "quality (highest pass rate / judge score first) | length (longest chosen, shortest "
+                                            "rejected first)."})
 
     def pair_rule(self) -> PairRule:
         return PairRule(self.chosen_threshold, self.rejected_threshold, self.max_chosen, self.max_rejected,
@@ -116,6 +120,9 @@ def select_pairs(
         score = quality or [None] * len(responses)
         chosen = sorted(chosen, key=lambda i: (-rates[i], -(score[i] or 0)))[: rule.max_chosen]
         rejected = rejected[: rule.max_rejected]
+    elif rule.ranking == "length":
+        chosen = sorted(sorted(chosen, key=lambda i: -len(responses[i]))[: rule.max_chosen])
+        rejected = sorted(sorted(rejected, key=lambda i: len(responses[i]))[: rule.max_rejected])
     else:
         rng = random.Random(seed)
         if len(chosen) > rule.max_chosen:

@@ -141,7 +141,9 @@ def _score_instructions(row: dict, response: str, variants: list[str], registry:
 
 
 def aggregate(scored: list[dict]) -> dict[str, float | int]:
-    """Prompt-level (all instructions followed) and instruction-level (flattened) strict / loose accuracy."""
+    """Prompt-level (all instructions followed) and instruction-level (flattened) strict / loose accuracy, and the
+    mean response length in words when the records carry their `response` (online DPO can shorten answers, which
+    costs IFEval's "at least N" checks)."""
     if not scored:
         raise ValueError("no scored rows to aggregate")
     flat_strict = [x for s in scored for x in s["strict"]]
@@ -154,6 +156,8 @@ def aggregate(scored: list[dict]) -> dict[str, float | int]:
         "num_prompts": len(scored),
         "num_instructions": len(flat_strict),
         "checker_errors": sum(len(s["errors"]) for s in scored),
+        **({"mean_response_words": sum(len(s["response"].split()) for s in scored) / len(scored)}
+           if all("response" in s for s in scored) else {}),
     }
 
 
