@@ -178,6 +178,7 @@ def test_score_spread_on_one_process_is_the_reward(pool, reference):
 SPREAD_SCRIPT = """
 import json, sys
 from accelerate import Accelerator, PartialState
+from autoif_train.core.errors import release_process_group
 from autoif_train.rewards import VerifierCodeReward
 from autoif_train.rewards.spread import score_spread
 from autoif_train.sandbox import VerifierPool
@@ -188,6 +189,7 @@ rows, responses = json.loads(open(sys.argv[1]).read())
 with VerifierPool(workers=1, timeout=2.0) as pool:
     out = {m: score_spread(VerifierCodeReward(pool), rows, responses, acc, mode=m) for m in ("ranks", "main")}
 json.dump({m: [s.results, s.pass_rates] for m, s in out.items()}, open(sys.argv[2] + str(acc.process_index), "w"))
+release_process_group()  # as every `autoif` command does: a gloo group left to exit can abort the process
 """
 
 

@@ -86,7 +86,9 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
     debug = "--debug" in argv or os.environ.get("AUTOIF_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     try:
-        return int(main(argv) or 0)
+        code = int(main(argv) or 0)
+        release_process_group()
+        return code
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
@@ -99,4 +101,18 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
         if debug:
             traceback.print_exc()
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message
+        release_process_group(only_local=True)
         return code
+
+
+def release_process_group(only_local: bool = False) -> None:
+    """Destroy the default torch.distributed process group, if this process opened one, before the interpreter
+    exits: a gloo group left to interpreter finalization can abort the process (SIGABRT, "terminate called without
+    an active exception") after the job itself succeeded. `only_local`: do it only for gloo, whose teardown waits on
+    no other rank (on an error path the other ranks may never get here; NCCL's is left to the launcher)."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for a command that did not
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if only_local and dist.get_backend() != "gloo":
+        return
+    dist.destroy_process_group()
