@@ -34,23 +34,26 @@ raise SystemExit(run_command("autoif demo", main))
 
 
 def test_a_command_releases_the_process_group_it_opened(tmp_path, capsys):
-    """On return, and on a reported error too (gloo's teardown waits on no other rank)."""
+    """On return; on a reported error or Ctrl-C too when the process is the whole group (no peer to wait on)."""
 
-    def main_that_opens(fail: bool):
+    def main_that_opens(fail):
         def main(argv):
             dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{fail}'}", rank=0, world_size=1)
             if fail:
-                raise InputError("bad.jsonl", 1, "x", "broken")
+                raise fail
             return 0
 
         return main
 
     try:
-        assert run_command("autoif demo", main_that_opens(False), []) == 0
+        assert run_command("autoif demo", main_that_opens(None), []) == 0
         assert not dist.is_initialized()
-        assert run_command("autoif demo", main_that_opens(True), []) == 2
+        assert run_command("autoif demo", main_that_opens(InputError("bad.jsonl", 1, "x", "broken")), []) == 2
         assert not dist.is_initialized()
-        assert capsys.readouterr().err.splitlines() == ["autoif demo: error: bad.jsonl:1: field 'x': broken"]
+        assert run_command("autoif demo", main_that_opens(KeyboardInterrupt()), []) == 130
+        assert not dist.is_initialized()
+        assert capsys.readouterr().err.splitlines() == ["autoif demo: error: bad.jsonl:1: field 'x': broken", "",
+                                                        "autoif demo: interrupted; rerun the same command to resume"]
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -93,6 +93,7 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
         if debug:
             traceback.print_exc()
         print(f"\n{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        release_process_group(after_error=True)
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 - anything not reported on purpose is re-raised as a bug
         code = exit_code_of(err)
@@ -101,18 +102,19 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
         if debug:
             traceback.print_exc()
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message
-        release_process_group(only_local=True)
+        release_process_group(after_error=True)
         return code
 
 
-def release_process_group(only_local: bool = False) -> None:
+def release_process_group(after_error: bool = False) -> None:
     """Destroy the default torch.distributed process group, if this process opened one, before the interpreter
     exits: a gloo group left to interpreter finalization can abort the process (SIGABRT, "terminate called without
-    an active exception") after the job itself succeeded. `only_local`: do it only for gloo, whose teardown waits on
-    no other rank (on an error path the other ranks may never get here; NCCL's is left to the launcher)."""
+    an active exception") after the job itself succeeded. `after_error`: only when this process is the whole group;
+    with peers, a collective still in flight could hold the teardown until the group's timeout, and the launcher
+    stops the other ranks anyway (so a failed multi-rank run may still end in that abort; its error line is out)."""
     dist = sys.modules.get("torch.distributed")  # never imports torch for a command that did not
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return
-    if only_local and dist.get_backend() != "gloo":
+    if after_error and dist.get_world_size() > 1:
         return
     dist.destroy_process_group()
