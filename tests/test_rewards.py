@@ -178,7 +178,7 @@ def test_score_spread_on_one_process_is_the_reward(pool, reference):
 SPREAD_SCRIPT = """
 import json, sys
 from accelerate import Accelerator, PartialState
-from autoif_train.core.errors import release_process_group
+from autoif_train.core.process_group import release_process_group
 from autoif_train.rewards import VerifierCodeReward
 from autoif_train.rewards.spread import score_spread
 from autoif_train.sandbox import VerifierPool

@@ -508,6 +508,6 @@ if __name__ == "__main__":
     if name == "zero3":
         out = out.with_name(f"{out.name}.rank{result['rank']}")
     out.write_text(json.dumps(result))
-    from autoif_train.core.errors import release_process_group
+    from autoif_train.core.process_group import release_process_group
 
     release_process_group()  # as every `autoif` command does: a gloo group left to exit can abort the process

@@ -12,6 +12,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from autoif_train.core.process_group import release_process_group
+
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the run itself failed (generation, sandbox, a broken environment)
 EXIT_BAD_INPUT = 2  # the user's input is wrong: a file, a row, a recipe key, a flag value
@@ -105,16 +107,3 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
         release_process_group(after_error=True)
         return code
 
-
-def release_process_group(after_error: bool = False) -> None:
-    """Destroy the default torch.distributed process group, if this process opened one, before the interpreter
-    exits: a gloo group left to interpreter finalization can abort the process (SIGABRT, "terminate called without
-    an active exception") after the job itself succeeded. `after_error`: only when this process is the whole group;
-    with peers, a collective still in flight could hold the teardown until the group's timeout, and the launcher
-    stops the other ranks anyway (so a failed multi-rank run may still end in that abort; its error line is out)."""
-    dist = sys.modules.get("torch.distributed")  # never imports torch for a command that did not
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return
-    if after_error and dist.get_world_size() > 1:
-        return
-    dist.destroy_process_group()
