@@ -106,4 +106,3 @@ def run_command(prog: str, main: Callable[[list[str]], int | None], argv: list[s
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message
         release_process_group(after_error=True)
         return code
-
