@@ -96,4 +96,3 @@ def test_a_message_over_several_lines_is_reported_on_one(capsys):
 
     assert run_command("autoif demo", main, []) == 2
     assert capsys.readouterr().err.splitlines() == ["autoif demo: error: f.jsonl:3: field 'x': first part second part"]
-

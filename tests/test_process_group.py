@@ -73,8 +73,7 @@ def test_ten_finished_two_rank_commands_all_exit_zero(tmp_path):
     script.write_text(SCRIPT)
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    for attempt in range(10):
-        port = str(29400 + os.getpid() % 500 + attempt)
-        proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", port, str(script)], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=120)
+    for attempt in range(10):  # --standalone: torchrun picks a free port each time
+        proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"attempt {attempt}: {proc.stderr[-2000:]}"
